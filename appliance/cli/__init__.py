@@ -1,0 +1,188 @@
+"""The ``ollama`` command: a client of the HTTP API (plus ``serve``, which runs the server).
+
+Sub-command modules are imported only when their command runs, so ``ollama -v`` and
+``ollama list`` never import the server, Quart or llama.cpp.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Sequence
+
+from appliance import __version__
+
+USAGE = """Large language model runner
+
+Usage:
+  ollama [flags]
+  ollama [command]
+
+Available Commands:
+  serve       Start ollama
+  create      Create a model
+  show        Show information for a model
+  list        List models
+  cp          Copy a model
+  rm          Remove a model
+  help        Help about any command
+
+Flags:
+  -h, --help      help for ollama
+  -v, --version   Show version information
+
+Use "ollama [command] --help" for more information about a command.
+"""
+
+#: Public commands, in the order of the help text (pinned by a test).
+COMMANDS = ("serve", "create", "show", "list", "cp", "rm", "help")
+ALIASES = {"ls": "list", "start": "serve", "delete": "rm"}
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # type: ignore[override]
+        sys.stderr.write(f"Error: {message}\n")
+        sys.exit(1)
+
+
+def _parser(prog: str, description: str) -> _Parser:
+    return _Parser(prog=f"ollama {prog}", description=description)
+
+
+def _cmd_serve(argv: Sequence[str]) -> int:
+    from appliance.cli.serve import run_serve
+
+    parser = _parser("serve", "Start ollama")
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
+    from appliance.envconfig import describe
+
+    parser.epilog = "Environment Variables:\n" + "\n".join(f"      {k:<24} {v}" for k, v in describe())
+    parser.parse_args(argv)
+    return run_serve()
+
+
+def _cmd_create(argv: Sequence[str]) -> int:
+    from appliance.cli.models import run_create
+
+    parser = _parser("create", "Create a model")
+    parser.add_argument("model", metavar="MODEL")
+    parser.add_argument("-f", "--file", help='Name of the Modelfile (default "Modelfile")')
+    parser.add_argument("-q", "--quantize", help="Quantize model to this level (e.g. q4_K_M)")
+    args = parser.parse_args(argv)
+    return run_create(args.model, args.file, args.quantize)
+
+
+def _cmd_show(argv: Sequence[str]) -> int:
+    from appliance.cli.models import run_show
+
+    parser = _parser("show", "Show information for a model")
+    parser.add_argument("model", metavar="MODEL")
+    for flag, text in (("license", "Show license of a model"), ("modelfile", "Show Modelfile of a model"),
+                       ("parameters", "Show parameters of a model"), ("template", "Show template of a model"),
+                       ("system", "Show system message of a model")):
+        parser.add_argument(f"--{flag}", action="store_true", help=text)
+    parser.add_argument("-v", "--verbose", action="store_true", help="Show detailed model information")
+    args = parser.parse_args(argv)
+    which = [f for f in ("license", "modelfile", "parameters", "template", "system") if getattr(args, f)]
+    if len(which) > 1:
+        sys.stderr.write("Error: only one of '--license', '--modelfile', '--parameters', '--system', or "
+                         "'--template' can be specified\n")
+        return 1
+    return run_show(args.model, which[0] if which else None, args.verbose)
+
+
+def _cmd_list(argv: Sequence[str]) -> int:
+    from appliance.cli.models import run_list
+
+    parser = _parser("list", "List models")
+    parser.add_argument("filters", nargs="*", metavar="MODEL")
+    return run_list(parser.parse_args(argv).filters)
+
+
+def _cmd_cp(argv: Sequence[str]) -> int:
+    from appliance.cli.models import run_copy
+
+    parser = _parser("cp", "Copy a model")
+    parser.add_argument("source", metavar="SOURCE")
+    parser.add_argument("destination", metavar="DESTINATION")
+    args = parser.parse_args(argv)
+    return run_copy(args.source, args.destination)
+
+
+def _cmd_rm(argv: Sequence[str]) -> int:
+    from appliance.cli.models import run_remove
+
+    parser = _parser("rm", "Remove a model")
+    parser.add_argument("models", nargs="+", metavar="MODEL")
+    return run_remove(parser.parse_args(argv).models)
+
+
+def _cmd_help(argv: Sequence[str]) -> int:
+    if argv and argv[0] in HANDLERS and argv[0] != "help":
+        return HANDLERS[argv[0]](["--help"])
+    sys.stdout.write(USAGE)
+    return 0
+
+
+def _cmd_quantize_worker(argv: Sequence[str]) -> int:
+    from appliance.engine.quantize import main as quantize_main
+
+    return quantize_main(list(argv))
+
+
+HANDLERS: dict[str, Callable[[Sequence[str]], int]] = {
+    "serve": _cmd_serve,
+    "create": _cmd_create,
+    "show": _cmd_show,
+    "list": _cmd_list,
+    "cp": _cmd_cp,
+    "rm": _cmd_rm,
+    "help": _cmd_help,
+    "quantize-worker": _cmd_quantize_worker,  # internal: run by the server in a child process
+}
+
+
+def _version() -> int:
+    """Like Ollama: the server's version, a warning when the client differs; then our own version."""
+    from appliance import OLLAMA_COMPAT_VERSION
+    from appliance.api.client import Client, ConnectError, ResponseError
+
+    try:
+        with Client(timeout=5) as client:
+            server = client.version()
+        print(f"ollama version is {server}")
+        if server != OLLAMA_COMPAT_VERSION:
+            print(f"Warning: client version is {OLLAMA_COMPAT_VERSION}")
+    except (ConnectError, ResponseError):
+        print("Warning: could not connect to a running Ollama instance")
+        print(f"Warning: client version is {OLLAMA_COMPAT_VERSION}")
+    print(f"ollama-appliance version is {__version__}")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``ollama`` command; returns the process exit code."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    if not args or args[0] in ("-h", "--help"):
+        sys.stdout.write(USAGE)
+        return 0
+    if args[0] in ("-v", "--version"):
+        return _version()
+    command = ALIASES.get(args[0], args[0])
+    handler = HANDLERS.get(command)
+    if handler is None:
+        sys.stderr.write(f'Error: unknown command "{args[0]}" for "ollama"\n'
+                         "Run 'ollama --help' for usage.\n")
+        return 1
+    from appliance.api.client import ConnectError, ResponseError
+
+    try:
+        return handler(args[1:])
+    except ConnectError:
+        sys.stderr.write("Error: could not connect to ollama server, run 'ollama serve' to start it\n")
+        return 1
+    except ResponseError as exc:
+        sys.stderr.write(f"Error: {exc}\n")
+        return 1
+    except KeyboardInterrupt:
+        return 130

@@ -1,0 +1,183 @@
+"""``ollama create | list | show | cp | rm``: model management through the HTTP API."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from appliance.api.client import Client
+from appliance.cli.format import human_bytes, human_time, table
+from appliance.cli.progress import StatusPrinter
+
+
+def run_list(filters: list[str]) -> int:
+    with Client() as client:
+        models = client.list()
+    rows = []
+    for m in models:
+        name = m.get("name") or m.get("model") or ""
+        if filters and not any(name.startswith(f) for f in filters):
+            continue
+        rows.append([name, str(m.get("digest", ""))[:12], human_bytes(int(m.get("size") or 0)),
+                     human_time(m.get("modified_at"))])
+    print(table(["NAME", "ID", "SIZE", "MODIFIED"], rows))
+    return 0
+
+
+def run_copy(source: str, destination: str) -> int:
+    with Client() as client:
+        client.copy(source, destination)
+    print(f"copied '{source}' to '{destination}'")
+    return 0
+
+
+def run_remove(models: list[str]) -> int:
+    with Client() as client:
+        for name in models:
+            client.delete(name)
+            print(f"deleted '{name}'")
+    return 0
+
+
+def _section(title: str, rows: list[list[str]]) -> str:
+    body = table([""] * (max(len(r) for r in rows)), [[""] + r for r in rows]).splitlines()[1:] if rows else []
+    return "\n".join([f"  {title}", *body, ""])
+
+
+def _fmt_number(value: Any) -> str:
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
+
+
+def format_show(info: dict[str, Any], verbose: bool = False) -> str:
+    """The default ``ollama show`` report: Model, Capabilities, Parameters, System, License."""
+    details = info.get("details") or {}
+    model_info = info.get("model_info") or {}
+    arch = model_info.get("general.architecture") or details.get("family") or ""
+    rows = [["architecture", str(arch)]] if arch else []
+    params = details.get("parameter_size")
+    if params:
+        rows.append(["parameters", str(params)])
+    for label, key in (("context length", "context_length"), ("embedding length", "embedding_length")):
+        value = model_info.get(f"{arch}.{key}")
+        if value is not None:
+            rows.append([label, _fmt_number(value)])
+    rows.append(["quantization", str(details.get("quantization_level", ""))])
+    if info.get("requires"):
+        rows.append(["requires", str(info["requires"])])
+    sections = [_section("Model", rows)]
+    if info.get("capabilities"):
+        sections.append(_section("Capabilities", [[c] for c in info["capabilities"]]))
+    if info.get("parameters"):
+        param_rows = [line.split(None, 1) for line in str(info["parameters"]).splitlines() if line.strip()]
+        sections.append(_section("Parameters", [[r[0], r[1] if len(r) > 1 else ""] for r in param_rows]))
+    if verbose and model_info:
+        meta = [[k, _short_value(model_info[k])] for k in sorted(model_info)]
+        sections.append(_section("Metadata", meta))
+    for title, key in (("System", "system"), ("License", "license")):
+        text = str(info.get(key) or "").strip()
+        if text:
+            lines = text.splitlines()
+            shown = lines if verbose else lines[:2]
+            rows = [[line[:100]] for line in shown]
+            if len(lines) > len(shown):
+                rows.append(["..."])
+            sections.append(_section(title, rows))
+    return "\n".join(sections)
+
+
+def _short_value(value: Any) -> str:
+    if isinstance(value, list):
+        text = ", ".join(str(v) for v in value[:3])
+        return f"[{text}{', ...' if len(value) > 3 else ''}]"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return _fmt_number(value)
+
+
+def run_show(model: str, which: str | None, verbose: bool) -> int:
+    with Client() as client:
+        info = client.show(model, verbose=verbose)
+    if which is None:
+        print(format_show(info, verbose))
+        return 0
+    text = info.get(which) or ""
+    if which == "license" and not text:
+        text = ""
+    sys.stdout.write(text if text.endswith("\n") or not text else text + "\n")
+    return 0
+
+
+def _local_file(value: str, base_dir: Path) -> Path | None:
+    """The local file or folder a FROM/ADAPTER value names, if it names one."""
+    candidate = Path(os.path.expanduser(value))
+    if not candidate.is_absolute():
+        candidate = base_dir / candidate
+    return candidate if candidate.exists() else None
+
+
+def _upload(client: Client, path: Path, status: StatusPrinter) -> dict[str, str]:
+    """Hash and upload a local GGUF (or every GGUF in a folder); return {file name: digest}."""
+    from appliance.store.blobs import digest_of_file
+
+    files = sorted(path.glob("*.gguf")) if path.is_dir() else [path]
+    if not files:
+        raise SystemExit(f"Error: no GGUF files found in {path}")
+    out: dict[str, str] = {}
+    for file in files:
+        digest, size = digest_of_file(file)
+        if not client.has_blob(digest):
+            status.update(f"copying file {digest} 0%")
+            client.push_blob(digest, file)
+        status.update(f"copying file {digest} 100%")
+        out[file.name] = digest
+    return out
+
+
+def build_create_request(model: str, modelfile_path: Path, quantize: str | None, client: Client,
+                         status: StatusPrinter) -> dict[str, Any]:
+    """Turn a Modelfile into an /api/create body, uploading the local files it references."""
+    from appliance.store.modelfile import parse_modelfile
+
+    text = modelfile_path.read_text(encoding="utf-8")
+    fields = parse_modelfile(text).to_create_fields()
+    base_dir = modelfile_path.parent
+    body: dict[str, Any] = {"model": model}
+    status.update("gathering model components")
+    source = fields.get("from") or ""
+    local = _local_file(source, base_dir)
+    if local is not None:
+        body["files"] = _upload(client, local, status)
+    else:
+        body["from"] = source
+    adapters: dict[str, str] = {}
+    for adapter in fields.get("adapters") or []:
+        local_adapter = _local_file(adapter, base_dir)
+        if local_adapter is None:
+            raise SystemExit(f"Error: adapter {adapter!r} not found")
+        adapters.update(_upload(client, local_adapter, status))
+    if adapters:
+        body["adapters"] = adapters
+    for key in ("template", "system", "parameters", "messages", "requires"):
+        if fields.get(key):
+            body[key] = fields[key]
+    if fields.get("license"):
+        body["license"] = fields["license"]
+    if quantize:
+        body["quantize"] = quantize
+    return body
+
+
+def run_create(model: str, file: str | None, quantize: str | None) -> int:
+    path = Path(file or "Modelfile")
+    if not path.is_file():
+        sys.stderr.write(f"Error: no Modelfile found at {str(path)!r}; pass one with -f\n")
+        return 1
+    with Client() as client, StatusPrinter() as status:
+        body = build_create_request(model, path.resolve(), quantize, client, status)
+        for item in client.create(body):
+            status.show(item)
+    return 0

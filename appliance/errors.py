@@ -1,0 +1,93 @@
+"""The appliance's exception tree and its mapping to HTTP status codes.
+
+    ApplianceError                      500  anything unexpected that we still raise on purpose
+     ├── BadRequest                     400
+     │    ├── InvalidName                    model name fails Ollama's name rules
+     │    ├── InvalidDigest                  not "sha256:" / "sha256-" + 64 hex
+     │    ├── DigestMismatch                 bytes do not hash to the digest they claim
+     │    ├── InvalidModelfile               carries .line (1-based) and .reason
+     │    ├── InvalidGGUF                    a GGUF that fails the bounds checks
+     │    └── InvalidParameter               an option/PARAMETER with a bad name or value
+     ├── Forbidden                      403  e.g. a Host header that fails the DNS-rebinding check
+     ├── NotFound                       404
+     │    ├── ModelNotFound
+     │    └── BlobNotFound
+     ├── Conflict                       409
+     ├── ServerBusy                     503  the request queue is full
+     └── RunnerError                    500  a model runner failed or died
+
+Lower-layer errors (OSError, httpx, llama.cpp) are translated at the boundary with
+``raise SomeError(...) from exc``; the server turns every ApplianceError into
+``{"error": str(exc)}`` with ``exc.status``.
+"""
+
+from __future__ import annotations
+
+
+class ApplianceError(Exception):
+    """Base of every error the appliance raises on purpose."""
+
+    status: int = 500
+
+
+class BadRequest(ApplianceError):
+    status = 400
+
+
+class InvalidName(BadRequest):
+    pass
+
+
+class InvalidDigest(BadRequest):
+    pass
+
+
+class DigestMismatch(BadRequest):
+    pass
+
+
+class InvalidModelfile(BadRequest):
+    """A Modelfile that does not parse; the message names the line and the reason."""
+
+    def __init__(self, reason: str, line: int | None = None) -> None:
+        self.reason = reason
+        self.line = line
+        super().__init__(f"line {line}: {reason}" if line is not None else reason)
+
+
+class InvalidGGUF(BadRequest):
+    pass
+
+
+class InvalidParameter(BadRequest):
+    pass
+
+
+class Forbidden(ApplianceError):
+    status = 403
+
+
+class NotFound(ApplianceError):
+    status = 404
+
+
+class ModelNotFound(NotFound):
+    def __init__(self, name: str) -> None:
+        self.name = name
+        super().__init__(f"model '{name}' not found")
+
+
+class BlobNotFound(NotFound):
+    pass
+
+
+class Conflict(ApplianceError):
+    status = 409
+
+
+class ServerBusy(ApplianceError):
+    status = 503
+
+
+class RunnerError(ApplianceError):
+    status = 500

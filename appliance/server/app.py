@@ -1,0 +1,146 @@
+"""The Quart-Trio application: configuration, middleware (Host check, CORS), errors, serving.
+
+Every error leaves the server as ``{"error": "..."}`` with a meaningful status; nothing a client
+sends can raise past the handlers here.
+"""
+
+from __future__ import annotations
+
+import logging
+import platform
+import signal
+from typing import Any
+
+import trio
+from hypercorn.config import Config as HypercornConfig
+from hypercorn.trio import serve as hypercorn_serve
+from quart import Response, current_app, request
+from quart_trio import QuartTrio
+from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
+
+from appliance import OLLAMA_COMPAT_VERSION, __version__, envconfig
+from appliance.errors import ApplianceError
+from appliance.server import models
+from appliance.store.local import Store
+
+log = logging.getLogger("appliance.server")
+
+CORS_METHODS = "GET, POST, PUT, PATCH, DELETE, HEAD, OPTIONS"
+
+
+def create_app(cfg: envconfig.Config, store: Store | None = None) -> QuartTrio:
+    """Build the app for ``cfg``; ``store`` defaults to the one under ``cfg.models``."""
+    app = QuartTrio("appliance")
+    app.config["MAX_CONTENT_LENGTH"] = cfg.max_body_bytes
+    app.config["BODY_TIMEOUT"] = 600
+    app.config["RESPONSE_TIMEOUT"] = None  # generations and pulls stream for as long as they take
+    app.config["BACKGROUND_TASK_SHUTDOWN_TIMEOUT"] = 5
+    app.config["JSON_SORT_KEYS"] = False
+    app.json.sort_keys = False  # type: ignore[attr-defined]
+    app.json.ensure_ascii = False  # type: ignore[attr-defined]
+    app.extensions["appliance.config"] = cfg
+    app.extensions["appliance.store"] = store or Store(cfg.models)
+    app.register_blueprint(models.bp)
+
+    @app.before_serving
+    async def startup() -> None:
+        st: Store = current_app.extensions["appliance.store"]
+        await trio.to_thread.run_sync(st.ensure_dirs)
+        if not cfg.noprune:
+            await trio.to_thread.run_sync(st.prune)
+
+    @app.before_request
+    async def guard() -> Response | None:
+        if not envconfig.host_header_allowed(request.headers.get("Host", ""), cfg):
+            return _error("host not allowed", 403)
+        origin = request.headers.get("Origin")
+        if origin and not envconfig.origin_allowed(origin, cfg.allowed_origins):
+            return _error("origin not allowed", 403)
+        if request.method == "OPTIONS":
+            return _cors(Response(status=204))
+        return None
+
+    @app.after_request
+    async def add_cors(response: Response) -> Response:
+        return _cors(response)
+
+    @app.errorhandler(ApplianceError)
+    async def appliance_error(exc: ApplianceError) -> Response:
+        if exc.status >= 500:
+            log.error("%s %s: %s", request.method, request.path, exc)
+        return _error(str(exc), exc.status)
+
+    @app.errorhandler(RequestEntityTooLarge)
+    async def too_large(_exc: RequestEntityTooLarge) -> Response:
+        return _error(f"request body larger than {cfg.max_body_bytes} bytes", 413)
+
+    @app.errorhandler(HTTPException)
+    async def http_error(exc: HTTPException) -> Response:
+        status = exc.code or 500
+        text = "404 page not found" if status == 404 else (exc.description or exc.name)
+        return _error(text, status)
+
+    @app.errorhandler(Exception)
+    async def unexpected(exc: Exception) -> Response:
+        log.exception("unhandled error in %s %s", request.method, request.path)
+        return _error(f"internal error: {exc}", 500)
+
+    return app
+
+
+def _error(message: str, status: int) -> Response:
+    response = current_app.json.response({"error": message})
+    response.status_code = status
+    return _cors(response)
+
+
+def _cors(response: Response) -> Response:
+    origin = request.headers.get("Origin")
+    if origin:
+        response.headers["Access-Control-Allow-Origin"] = origin
+        response.headers["Vary"] = "Origin"
+        response.headers["Access-Control-Allow-Methods"] = CORS_METHODS
+        requested = request.headers.get("Access-Control-Request-Headers")
+        response.headers["Access-Control-Allow-Headers"] = requested or "Authorization, Content-Type, Accept"
+        response.headers["Access-Control-Max-Age"] = "43200"
+    return response
+
+
+def _hypercorn_config(cfg: envconfig.Config) -> HypercornConfig:
+    hc = HypercornConfig()
+    host, port = cfg.host.bind
+    hc.bind = [f"[{host}]:{port}" if ":" in host else f"{host}:{port}"]
+    hc.accesslog = "-" if cfg.debug else None
+    hc.errorlog = "-"
+    hc.keep_alive_timeout = 65
+    hc.graceful_timeout = 3
+    return hc
+
+
+def startup_banner(cfg: envconfig.Config) -> str:
+    import distro
+
+    host, port = cfg.host.bind
+    os_name = distro.name(pretty=True) or platform.system()
+    return (f"ollama-appliance {__version__} (Ollama API {OLLAMA_COMPAT_VERSION}) listening on {host}:{port}; "
+            f"models in {cfg.models}; OS {os_name}; Python {platform.python_version()}")
+
+
+async def serve(cfg: envconfig.Config, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+    """Serve until SIGINT/SIGTERM, then shut down cleanly."""
+    app = create_app(cfg)
+    hc = _hypercorn_config(cfg)
+    log.info(startup_banner(cfg))
+    async with trio.open_nursery() as nursery:
+        shutdown = trio.Event()
+
+        async def watch_signals() -> None:
+            with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+                async for signum in signals:
+                    log.info("received %s, shutting down", signal.Signals(signum).name)
+                    shutdown.set()
+                    return
+
+        nursery.start_soon(watch_signals)
+        await hypercorn_serve(app, hc, shutdown_trigger=shutdown.wait, task_status=task_status)  # type: ignore[arg-type]
+        nursery.cancel_scope.cancel()

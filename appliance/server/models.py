@@ -1,0 +1,192 @@
+"""Model-management routes: version, tags, show, copy, delete, blobs, create.
+
+Routes translate HTTP to store calls and nothing more; every store call is blocking file I/O and
+runs in a worker thread.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import trio
+from quart import Blueprint, Response, current_app, request
+
+from appliance import OLLAMA_COMPAT_VERSION, __version__
+from appliance.api.options import format_parameters
+from appliance.errors import BadRequest, BlobNotFound, ModelNotFound
+from appliance.server.requests import read_json, require_str, stream_flag
+from appliance.server.streaming import job_response
+from appliance.store import create as creating
+from appliance.store.blobs import parse_digest
+from appliance.store.gguf import model_info, read_gguf
+from appliance.store.local import Store
+from appliance.store.model import Model, capabilities
+from appliance.store.modelfile import render_modelfile
+from appliance.store.names import parse_name
+
+bp = Blueprint("models", __name__)
+
+#: Blob uploads are written in chunks of this size, one thread hop each.
+UPLOAD_CHUNK = 4 << 20
+
+
+def get_store() -> Store:
+    return current_app.extensions["appliance.store"]  # type: ignore[no-any-return]
+
+
+@bp.route("/", methods=["GET", "HEAD"])
+async def root() -> Response:
+    return Response("Ollama is running", content_type="text/plain; charset=utf-8")
+
+
+@bp.get("/api/version")
+async def version() -> dict[str, Any]:
+    return {"version": OLLAMA_COMPAT_VERSION, "appliance": __version__}
+
+
+def _list_models(store: Store) -> list[dict[str, Any]]:
+    from appliance.store.model import details_from_config, read_config
+
+    out = []
+    for stored in store.list():
+        config = read_config(store.blobs, stored.manifest)
+        out.append({
+            "name": stored.name.display,
+            "model": stored.name.display,
+            "modified_at": stored.modified_at.isoformat(),
+            "size": stored.manifest.size,
+            "digest": stored.digest,
+            "details": details_from_config(config, stored.manifest).to_json(),
+        })
+    return out
+
+
+@bp.get("/api/tags")
+async def tags() -> dict[str, Any]:
+    return {"models": await trio.to_thread.run_sync(_list_models, get_store())}
+
+
+def _show(store: Store, name_text: str, verbose: bool) -> dict[str, Any]:
+    model = store.get(parse_name(name_text))
+    info = read_gguf(model.model_path) if model.model_path is not None else None
+    details = model.details.to_json()
+    out: dict[str, Any] = {}
+    if model.license:
+        out["license"] = "\n".join(model.license)
+    out["modelfile"] = _modelfile_of(model)
+    if model.parameters:
+        out["parameters"] = format_parameters(model.parameters)
+    if model.template:
+        out["template"] = model.template
+    if model.system:
+        out["system"] = model.system
+    for key in ("renderer", "parser", "requires"):
+        if model.config.get(key):
+            out[key] = model.config[key]
+    out["details"] = details
+    if model.messages:
+        out["messages"] = list(model.messages)
+    out["model_info"] = model_info(info, verbose) if info is not None else {}
+    if verbose and info is not None:
+        from appliance.store.gguf import ggml_type_name
+
+        out["tensors"] = [{"name": t.name, "type": ggml_type_name(t.ggml_type), "shape": list(t.shape)}
+                          for t in info.tensors]
+    out["capabilities"] = capabilities(model, info)
+    out["modified_at"] = model.modified_at.isoformat()
+    return out
+
+
+def _modelfile_of(model: Model) -> str:
+    return render_modelfile(
+        from_=str(model.model_path) if model.model_path else model.name.display,
+        template=model.template,
+        system=model.system,
+        parameters=model.parameters,
+        adapters=[str(p) for p in model.adapter_paths],
+        license=list(model.license),
+        messages=list(model.messages),
+        header_name=model.name.display,
+    )
+
+
+@bp.post("/api/show")
+async def show() -> dict[str, Any]:
+    body = await read_json()
+    name = body.get("model") or body.get("name")
+    if not name:
+        raise BadRequest("model is required")
+    name = require_str(body, "model" if "model" in body else "name")
+    verbose = bool(body.get("verbose", False))
+    return await trio.to_thread.run_sync(_show, get_store(), name, verbose)
+
+
+@bp.post("/api/copy")
+async def copy() -> Response:
+    body = await read_json()
+    source = parse_name(require_str(body, "source"))
+    destination = parse_name(require_str(body, "destination"))
+    await trio.to_thread.run_sync(get_store().copy, source, destination)
+    return Response(status=200)
+
+
+@bp.delete("/api/delete")
+async def delete() -> Response:
+    body = await read_json()
+    text = body.get("model") or body.get("name")
+    if not isinstance(text, str) or not text:
+        raise BadRequest("model is required")
+    name = parse_name(text)
+    store = get_store()
+    if not await trio.to_thread.run_sync(store.manifests.exists, name):
+        raise ModelNotFound(text)
+    await trio.to_thread.run_sync(store.delete, name)
+    return Response(status=200)
+
+
+@bp.route("/api/blobs/<digest>", methods=["HEAD"])
+async def head_blob(digest: str) -> Response:
+    store = get_store()
+    if not await trio.to_thread.run_sync(store.blobs.exists, parse_digest(digest)):
+        raise BlobNotFound(f"blob {digest!r} not found")
+    return Response(status=200)
+
+
+@bp.post("/api/blobs/<digest>")
+async def push_blob(digest: str) -> Response:
+    expected = parse_digest(digest)
+    store = get_store()
+    if await trio.to_thread.run_sync(store.blobs.exists, expected):
+        return Response(status=200)  # already here: nothing to write (Ollama answers 200 too)
+    request.max_content_length = None  # blobs are model weights: streamed, never held in memory
+    request.body_timeout = None
+    writer = await trio.to_thread.run_sync(store.blobs.open_writer, expected)
+    try:
+        buffer = bytearray()
+        async for chunk in request.body:
+            buffer += chunk
+            if len(buffer) >= UPLOAD_CHUNK:
+                await trio.to_thread.run_sync(writer.write, bytes(buffer))
+                buffer.clear()
+        if buffer:
+            await trio.to_thread.run_sync(writer.write, bytes(buffer))
+        await trio.to_thread.run_sync(writer.commit)
+    finally:
+        await trio.to_thread.run_sync(writer.abort)  # no-op after a successful commit
+    return Response(status=201)
+
+
+@bp.post("/api/create")
+async def create() -> Any:
+    body = await read_json()
+    store = get_store()
+    plan = await trio.to_thread.run_sync(creating.plan_create, store, body)
+
+    async def job(progress: Any) -> None:
+        def from_thread(obj: dict[str, Any]) -> None:
+            trio.from_thread.run_sync(progress, obj)
+
+        await trio.to_thread.run_sync(functools.partial(creating.run_create, store, plan, from_thread))
+
+    return await job_response(job, stream_flag(body))

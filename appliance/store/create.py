@@ -1,0 +1,342 @@
+"""Building a model from an /api/create request: layers from a base model or uploaded blobs.
+
+Runs as blocking code in a worker thread; progress goes to a callback as Ollama-style status
+objects.  Every check that can fail on the client's input runs in :func:`plan_create` first, so
+the route can answer 400/404 with a real status before it starts streaming.  Nothing is written
+to the manifest until every layer is in place, and an existing model is never removed or
+overwritten by a create that fails.
+"""
+
+from __future__ import annotations
+
+import logging
+import posixpath
+import subprocess
+import sys
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from appliance.api.gojson import go_encode
+from appliance.api.options import validate_options
+from appliance.errors import ApplianceError, BadRequest, BlobNotFound, InvalidGGUF
+from appliance.store import manifests as mf
+from appliance.store.gguf import GGUFInfo, parameter_size_label, read_gguf
+from appliance.store.local import Store
+from appliance.store.manifests import Layer, Manifest
+from appliance.store.model import read_config
+from appliance.store.names import Name, parse_name
+
+log = logging.getLogger(__name__)
+
+Progress = Callable[[dict[str, Any]], None]
+
+#: Quantization targets offered (Ollama's list) mapped to llama.cpp's LLAMA_FTYPE_MOSTLY_* values.
+QUANT_TYPES = {"Q4_K_M": 15, "Q4_K_S": 14, "Q8_0": 7, "Q4_0": 2, "Q4_1": 3, "Q5_K_M": 17, "Q5_K_S": 16,
+               "Q6_K": 18, "Q5_0": 8, "Q5_1": 9, "Q3_K_M": 12, "Q3_K_S": 11, "Q3_K_L": 13, "Q2_K": 10}
+QUANTIZABLE_SOURCES = {"F16", "BF16", "F32"}
+MESSAGE_ROLES = {"system", "user", "assistant", "tool"}
+
+
+@dataclass
+class CreatePlan:
+    """A validated create request: what to build, before anything is written."""
+
+    name: Name
+    base_layers: list[Layer] = field(default_factory=list)
+    base_config: dict[str, Any] = field(default_factory=dict)
+    model_info: GGUFInfo | None = None
+    from_name: Name | None = None
+    template: str | None = None
+    system: str | None = None
+    license: list[str] = field(default_factory=list)
+    parameters: dict[str, Any] = field(default_factory=dict)
+    messages: list[dict[str, Any]] = field(default_factory=list)
+    quantize: str | None = None
+    extra_config: dict[str, str] = field(default_factory=dict)
+
+
+def _valid_rel_path(path: str) -> bool:
+    """Like Go's fs.ValidPath: a relative, clean, slash-separated path with no '..' elements."""
+    if not path or path.startswith("/") or "\\" in path or "\x00" in path:
+        return False
+    return all(part not in ("", ".", "..") for part in path.split("/")) and posixpath.normpath(path) == path
+
+
+def _file_map(field_name: str, value: Any) -> dict[str, str]:
+    if value is None:
+        return {}
+    if not isinstance(value, dict) or not all(isinstance(v, str) for v in value.values()):
+        raise BadRequest(f"'{field_name}' must be an object mapping file names to digests")
+    for filename in value:
+        if not _valid_rel_path(filename):
+            raise BadRequest(f"invalid file path in '{field_name}': {filename!r}")
+    return value
+
+
+def _gguf_layers(store: Store, files: dict[str, str], adapters: bool) -> tuple[list[Layer], GGUFInfo | None]:
+    layers: list[Layer] = []
+    main_info: GGUFInfo | None = None
+    for filename, digest in files.items():
+        path = store.blobs.path(digest)  # validates the digest
+        if not path.is_file():
+            raise BadRequest(f"blob {digest} for {filename!r} not found; upload it with POST /api/blobs first")
+        try:
+            info = read_gguf(path)
+        except InvalidGGUF as exc:
+            if not filename.endswith(".gguf") and filename.endswith((".safetensors", ".json", ".bin")):
+                raise BadRequest("only GGUF files are supported; convert safetensors with llama.cpp's "
+                                 "convert_hf_to_gguf.py first") from exc
+            raise InvalidGGUF(f"{filename}: {exc}") from exc
+        if adapters:
+            media_type = mf.MEDIA_ADAPTER
+        elif info.architecture == "clip" or info.metadata.get("general.type") == "mmproj":
+            media_type = mf.MEDIA_PROJECTOR
+        else:
+            media_type = mf.MEDIA_MODEL
+            if main_info is not None:
+                raise BadRequest("more than one model GGUF given; split GGUFs are not supported")
+            main_info = info
+        layers.append(Layer(media_type=media_type, digest=store.blobs.path(digest).name.replace("-", ":", 1),
+                            size=path.stat().st_size))
+    if adapters and len(layers) > 1:
+        raise BadRequest("only one adapter is currently supported")
+    return layers, main_info
+
+
+def _licenses(value: Any) -> list[str]:
+    if value is None or value == "":
+        return []
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, list) and all(isinstance(v, str) for v in value):
+        return [v for v in value if v]
+    raise BadRequest("'license' must be a string or a list of strings")
+
+
+def _messages(value: Any) -> list[dict[str, Any]]:
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        raise BadRequest("'messages' must be a list")
+    out = []
+    for i, msg in enumerate(value):
+        if not isinstance(msg, dict) or not isinstance(msg.get("role"), str):
+            raise BadRequest(f"messages[{i}] must be an object with a role")
+        if msg["role"] not in MESSAGE_ROLES:
+            raise BadRequest(f"messages[{i}]: invalid role {msg['role']!r}")
+        if not isinstance(msg.get("content", ""), str):
+            raise BadRequest(f"messages[{i}]: content must be a string")
+        out.append({"role": msg["role"], "content": msg.get("content", "")})
+    return out
+
+
+def _str_field(req: Mapping[str, Any], key: str) -> str | None:
+    value = req.get(key)
+    if value is None or value == "":
+        return None
+    if not isinstance(value, str):
+        raise BadRequest(f"'{key}' must be a string")
+    return value
+
+
+def plan_create(store: Store, req: Mapping[str, Any]) -> CreatePlan:
+    """Validate an /api/create body against the store; raise BadRequest / NotFound with a reason."""
+    plan = CreatePlan(name=parse_name(req.get("model") or req.get("name") or ""))
+    files = _file_map("files", req.get("files"))
+    adapters = _file_map("adapters", req.get("adapters"))
+    from_ = _str_field(req, "from")
+    if from_:
+        if from_.startswith(("/", "./", "../", "~")) or "\\" in from_:
+            raise BadRequest(f"'from' must name a model, not a path ({from_!r}); upload local files with "
+                             "POST /api/blobs and pass them in 'files'")
+        plan.from_name = parse_name(from_)
+        base = store.manifests.get(plan.from_name)
+        plan.base_config = read_config(store.blobs, base.manifest)
+        shortest = base.name.display
+        plan.base_layers = [Layer(layer.media_type, layer.digest, layer.size, from_=shortest, name=layer.name)
+                            for layer in base.manifest.layers]
+        model_layer = base.manifest.first(mf.MEDIA_MODEL)
+        if model_layer is not None:
+            plan.model_info = read_gguf(store.blobs.path(model_layer.digest))
+        for key in ("template", "system"):
+            layer = base.manifest.first(mf.MEDIA_TEMPLATE if key == "template" else mf.MEDIA_SYSTEM)
+            if layer is not None:
+                setattr(plan, key, store.blobs.read_bytes(layer.digest, 16 << 20).decode("utf-8", "replace"))
+        params_layer = base.manifest.first(mf.MEDIA_PARAMS)
+        if params_layer is not None:
+            import json
+
+            loaded = json.loads(store.blobs.read_bytes(params_layer.digest, 16 << 20))
+            plan.parameters = loaded if isinstance(loaded, dict) else {}
+    elif files:
+        plan.base_layers, plan.model_info = _gguf_layers(store, files, adapters=False)
+    else:
+        raise BadRequest("neither 'from' or 'files' was specified")
+    if adapters:
+        adapter_layers, _ = _gguf_layers(store, adapters, adapters=True)
+        plan.base_layers = [layer for layer in plan.base_layers if layer.media_type != mf.MEDIA_ADAPTER]
+        plan.base_layers += adapter_layers
+
+    template = _str_field(req, "template")
+    if template is not None:
+        from appliance.prompt.gotemplate import Template
+
+        Template.parse(template)  # raises TemplateError (400) with the position
+        plan.template = template
+    system = _str_field(req, "system")
+    if system is not None:
+        plan.system = system
+    plan.license = _licenses(req.get("license"))
+    params = req.get("parameters")
+    if params is not None:
+        if not isinstance(params, dict):
+            raise BadRequest("'parameters' must be an object")
+        plan.parameters = {**plan.parameters, **validate_options(params, strict=True)}
+    plan.messages = _messages(req.get("messages"))
+
+    quantize = _str_field(req, "quantize") or _str_field(req, "quantization")
+    if quantize:
+        plan.quantize = quantize.upper()
+        if plan.quantize not in QUANT_TYPES:
+            raise BadRequest(f"unsupported quantization type {quantize}; use one of q4_K_M, q4_K_S, q8_0")
+        source = plan.model_info.file_type if plan.model_info else ""
+        if plan.model_info is None:
+            raise BadRequest("nothing to quantize: the model has no weights")
+        if source != plan.quantize and source not in QUANTIZABLE_SOURCES:
+            raise BadRequest("quantization is only supported for F16, BF16 and F32 models")
+    for key in ("renderer", "parser", "requires"):
+        value = _str_field(req, key)
+        if value:
+            plan.extra_config[key] = value
+    return plan
+
+
+def _config_for(plan: CreatePlan) -> dict[str, Any]:
+    """The ConfigV2 document, field order as Ollama writes it."""
+    info, base = plan.model_info, plan.base_config
+    arch = info.architecture if info else str(base.get("model_family", ""))
+    config: dict[str, Any] = {
+        "model_format": base.get("model_format") or "gguf",
+        "model_family": base.get("model_family") or arch,
+        "model_families": base.get("model_families") or ([arch] if arch else None),
+        "model_type": base.get("model_type") or (parameter_size_label(info.parameter_count) if info else ""),
+        "file_type": base.get("file_type") or (info.file_type if info else ""),
+    }
+    for key in ("renderer", "parser", "requires"):
+        value = plan.extra_config.get(key) or base.get(key)
+        if value:
+            config[key] = value
+    config["architecture"] = "amd64"
+    config["os"] = "linux"
+    return config
+
+
+def _quantize(store: Store, plan: CreatePlan, layer: Layer, progress: Progress) -> Layer:
+    assert plan.quantize and plan.model_info
+    source_type = plan.model_info.file_type
+    if source_type == plan.quantize:
+        return layer
+    progress({"status": f"quantizing {source_type} model to {plan.quantize}", "digest": "0",
+              "total": layer.size, "completed": 0})
+    writer = store.blobs.open_writer()
+    out_path = writer.temp_path
+    writer.abort()  # the quantizer writes the file itself; we only borrow a temp name in blobs/
+    try:
+        cmd = [*self_command(), "quantize-worker", str(store.blobs.path(layer.digest)), str(out_path),
+               str(QUANT_TYPES[plan.quantize])]
+        proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+        if proc.returncode != 0:
+            tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
+            raise ApplianceError(f"quantization failed: {' '.join(tail) or proc.returncode}")
+        progress({"status": f"quantizing {source_type} model to {plan.quantize}", "digest": "0",
+                  "total": layer.size, "completed": layer.size})
+        progress({"status": "verifying conversion"})
+        info = read_gguf(out_path)
+        digest, size, _ = store.blobs.put_file(out_path)
+    finally:
+        out_path.unlink(missing_ok=True)
+    plan.model_info = info
+    plan.base_config = {k: v for k, v in plan.base_config.items() if k != "file_type"}
+    return Layer(mf.MEDIA_MODEL, digest, size)
+
+
+def self_command() -> list[str]:
+    """How to re-invoke this program: the frozen binary itself, or ``python -m appliance``."""
+    if getattr(sys, "frozen", False):
+        return [sys.executable]
+    return [sys.executable, "-m", "appliance"]
+
+
+def _text_layer(store: Store, media_type: str, data: bytes) -> tuple[Layer, str]:
+    digest, created = store.blobs.put_bytes(data)
+    verb = "creating new layer" if created else "using existing layer"
+    return Layer(media_type, digest, len(data)), f"{verb} {digest}"
+
+
+def run_create(store: Store, plan: CreatePlan, progress: Progress) -> None:
+    """Write the new layers and then the manifest (blocking; call from a worker thread)."""
+    progress({"status": "reading model metadata" if plan.from_name else "parsing GGUF"})
+    statuses: list[str] = []
+    layers: list[Layer] = []
+    for layer in plan.base_layers:
+        if layer.media_type == mf.MEDIA_MODEL and plan.quantize:
+            new = _quantize(store, plan, layer, progress)
+            if new is not layer:
+                layers.append(new)
+                statuses.append(f"creating new layer {new.digest}")
+                continue
+        if layer.media_type in (mf.MEDIA_TEMPLATE, mf.MEDIA_SYSTEM, mf.MEDIA_PARAMS, mf.MEDIA_MESSAGES,
+                                mf.MEDIA_LICENSE, mf.MEDIA_PROMPT):
+            continue  # re-created below from the merged values
+        if not store.blobs.exists(layer.digest):
+            raise BlobNotFound(f"layer {layer.digest} of the base model is missing from the store")
+        layers.append(layer)
+        statuses.append(f"using existing layer {layer.digest}")
+
+    if plan.template:
+        layer, status = _text_layer(store, mf.MEDIA_TEMPLATE, plan.template.encode())
+        layers.append(layer)
+        statuses.append(status)
+    if plan.system:
+        layer, status = _text_layer(store, mf.MEDIA_SYSTEM, plan.system.encode())
+        layers.append(layer)
+        statuses.append(status)
+    licenses = plan.license or [text for text in _base_licenses(store, plan)]
+    for text in licenses:
+        layer, status = _text_layer(store, mf.MEDIA_LICENSE, text.encode())
+        layers.append(layer)
+        statuses.append(status)
+    if plan.parameters:
+        layer, status = _text_layer(store, mf.MEDIA_PARAMS, go_encode(plan.parameters))
+        layers.append(layer)
+        statuses.append(status)
+    messages = plan.messages or _base_messages(store, plan)
+    if messages:
+        layer, status = _text_layer(store, mf.MEDIA_MESSAGES, go_encode(messages, sort_keys=False))
+        layers.append(layer)
+        statuses.append(status)
+    config_bytes = go_encode(_config_for(plan), sort_keys=False)
+    config_digest, _ = store.blobs.put_bytes(config_bytes)
+    config_layer = Layer(mf.MEDIA_CONFIG, config_digest, len(config_bytes))
+
+    for status in statuses:
+        progress({"status": status})
+    progress({"status": "writing manifest"})
+    store.write_manifest(plan.name, Manifest(config=config_layer, layers=tuple(layers)))
+    progress({"status": "success"})
+
+
+def _base_licenses(store: Store, plan: CreatePlan) -> list[str]:
+    return [store.blobs.read_bytes(layer.digest, 16 << 20).decode("utf-8", "replace")
+            for layer in plan.base_layers if layer.media_type == mf.MEDIA_LICENSE]
+
+
+def _base_messages(store: Store, plan: CreatePlan) -> list[dict[str, Any]]:
+    import json
+
+    for layer in plan.base_layers:
+        if layer.media_type == mf.MEDIA_MESSAGES:
+            loaded = json.loads(store.blobs.read_bytes(layer.digest, 16 << 20))
+            return loaded if isinstance(loaded, list) else []
+    return []
