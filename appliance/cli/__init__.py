@@ -130,6 +130,12 @@ def _cmd_quantize_worker(argv: Sequence[str]) -> int:
     return quantize_main(list(argv))
 
 
+def _cmd_runner(argv: Sequence[str]) -> int:
+    from appliance.engine.runner import main as runner_main
+
+    return runner_main(list(argv))
+
+
 HANDLERS: dict[str, Callable[[Sequence[str]], int]] = {
     "serve": _cmd_serve,
     "create": _cmd_create,
@@ -139,6 +145,7 @@ HANDLERS: dict[str, Callable[[Sequence[str]], int]] = {
     "rm": _cmd_rm,
     "help": _cmd_help,
     "quantize-worker": _cmd_quantize_worker,  # internal: run by the server in a child process
+    "runner": _cmd_runner,  # internal: one per loaded model, started by the scheduler
 }
 
 

@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import math
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 
 def human_bytes(n: int) -> str:
     """Decimal units like Ollama: ``98 MB``, ``1.2 GB``, ``512 B``."""
-    for unit, scale in (("TB", 1000**4), ("GB", 1000**3), ("MB", 1000**2), ("KB", 1000)):
+    for name, scale in (("TB", 1000**4), ("GB", 1000**3), ("MB", 1000**2), ("KB", 1000)):
         if n >= scale:
-            value = n / scale
+            value, unit = n / scale, name
             break
     else:
         return f"{n} B"
@@ -54,7 +54,7 @@ def human_time(when: datetime | str | None, zero: str = "Never", now: datetime |
         return zero
     if isinstance(when, str):
         when = parse_time(when)
-    now = now or datetime.now(timezone.utc)
+    now = now or datetime.now(UTC)
     delta = (now - when).total_seconds()
     if delta / 3600 / 24 / 365 < -20:
         return "Forever"
@@ -72,7 +72,7 @@ def parse_time(text: str) -> datetime:
         tz = rest[len(digits):]
         text = f"{head}.{digits[:6].ljust(6, '0')}{tz}"
     parsed = datetime.fromisoformat(text)
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=timezone.utc)
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
 
 
 def table(header: list[str], rows: list[list[str]], padding: str = "    ") -> str:

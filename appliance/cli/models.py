@@ -42,7 +42,9 @@ def run_remove(models: list[str]) -> int:
 
 
 def _section(title: str, rows: list[list[str]]) -> str:
-    body = table([""] * (max(len(r) for r in rows)), [[""] + r for r in rows]).splitlines()[1:] if rows else []
+    width = max(len(r) for r in rows) + 1 if rows else 0
+    padded = [[""] + r + [""] * (width - 1 - len(r)) for r in rows]
+    body = table([""] * width, padded).splitlines()[1:] if rows else []
     return "\n".join([f"  {title}", *body, ""])
 
 
@@ -128,7 +130,7 @@ def _upload(client: Client, path: Path, status: StatusPrinter) -> dict[str, str]
         raise SystemExit(f"Error: no GGUF files found in {path}")
     out: dict[str, str] = {}
     for file in files:
-        digest, size = digest_of_file(file)
+        digest, _size = digest_of_file(file)
         if not client.has_blob(digest):
             status.update(f"copying file {digest} 0%")
             client.push_blob(digest, file)
@@ -140,10 +142,12 @@ def _upload(client: Client, path: Path, status: StatusPrinter) -> dict[str, str]
 def build_create_request(model: str, modelfile_path: Path, quantize: str | None, client: Client,
                          status: StatusPrinter) -> dict[str, Any]:
     """Turn a Modelfile into an /api/create body, uploading the local files it references."""
-    from appliance.store.modelfile import parse_modelfile
+    from appliance.store.modelfile import decode_modelfile, parse_modelfile
 
-    text = modelfile_path.read_text(encoding="utf-8")
-    fields = parse_modelfile(text).to_create_fields()
+    parsed = parse_modelfile(decode_modelfile(modelfile_path.read_bytes()))
+    for warning in parsed.warnings:
+        sys.stderr.write(f"warning: {warning}\n")
+    fields = parsed.to_create_fields()
     base_dir = modelfile_path.parent
     body: dict[str, Any] = {"model": model}
     status.update("gathering model components")

@@ -39,7 +39,8 @@ class StatusPrinter:
         total, completed = int(item.get("total") or 0), int(item.get("completed") or 0)
         if total:
             pct = int(100 * completed / total) if total else 0
-            text = f"{status} {pct:3d}% ▕{'█' * (pct // 5):<20}▏ {human_bytes(completed)}/{human_bytes(total)}"
+            bar = "█" * (pct // 5)
+            text = f"{status} {pct:3d}% ▕{bar:<20}▏ {human_bytes(completed)}/{human_bytes(total)}"
             if self.tty or completed >= total or completed == 0:
                 self.update(text)
             return

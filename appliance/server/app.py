@@ -19,8 +19,9 @@ from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 from appliance import OLLAMA_COMPAT_VERSION, __version__, envconfig
+from appliance.engine.scheduler import Scheduler
 from appliance.errors import ApplianceError
-from appliance.server import models
+from appliance.server import models, native
 from appliance.store.local import Store
 
 log = logging.getLogger("appliance.server")
@@ -31,7 +32,7 @@ CORS_METHODS = "GET, POST, PUT, PATCH, DELETE, HEAD, OPTIONS"
 def create_app(cfg: envconfig.Config, store: Store | None = None) -> QuartTrio:
     """Build the app for ``cfg``; ``store`` defaults to the one under ``cfg.models``."""
     app = QuartTrio("appliance")
-    app.config["MAX_CONTENT_LENGTH"] = cfg.max_body_bytes
+    app.config["MAX_CONTENT_LENGTH"] = None  # JSON bodies are capped in read_json; blobs stream unbounded
     app.config["BODY_TIMEOUT"] = 600
     app.config["RESPONSE_TIMEOUT"] = None  # generations and pulls stream for as long as they take
     app.config["BACKGROUND_TASK_SHUTDOWN_TIMEOUT"] = 5
@@ -39,8 +40,10 @@ def create_app(cfg: envconfig.Config, store: Store | None = None) -> QuartTrio:
     app.json.sort_keys = False  # type: ignore[attr-defined]
     app.json.ensure_ascii = False  # type: ignore[attr-defined]
     app.extensions["appliance.config"] = cfg
-    app.extensions["appliance.store"] = store or Store(cfg.models)
+    app.extensions["appliance.store"] = store or Store(cfg.models_dir)
+    app.extensions["appliance.scheduler"] = Scheduler(cfg)
     app.register_blueprint(models.bp)
+    app.register_blueprint(native.bp)
 
     @app.before_serving
     async def startup() -> None:
@@ -48,16 +51,19 @@ def create_app(cfg: envconfig.Config, store: Store | None = None) -> QuartTrio:
         await trio.to_thread.run_sync(st.ensure_dirs)
         if not cfg.noprune:
             await trio.to_thread.run_sync(st.prune)
+        await app.nursery.start(app.extensions["appliance.scheduler"].run)
 
     @app.before_request
     async def guard() -> Response | None:
         if not envconfig.host_header_allowed(request.headers.get("Host", ""), cfg):
             return _error("host not allowed", 403)
         origin = request.headers.get("Origin")
-        if origin and not envconfig.origin_allowed(origin, cfg.allowed_origins):
+        host = request.headers.get("Host", "")
+        same_origin = origin in (f"http://{host}", f"https://{host}")
+        if origin and not same_origin and not envconfig.origin_allowed(origin, cfg.allowed_origins):
             return _error("origin not allowed", 403)
         if request.method == "OPTIONS":
-            return _cors(Response(status=204))
+            return _cors(Response(b"", status=204))
         return None
 
     @app.after_request
@@ -122,8 +128,8 @@ def startup_banner(cfg: envconfig.Config) -> str:
 
     host, port = cfg.host.bind
     os_name = distro.name(pretty=True) or platform.system()
-    return (f"ollama-appliance {__version__} (Ollama API {OLLAMA_COMPAT_VERSION}) listening on {host}:{port}; "
-            f"models in {cfg.models}; OS {os_name}; Python {platform.python_version()}")
+    return (f"ollama-appliance {__version__} (Ollama API {OLLAMA_COMPAT_VERSION}) listening on "
+            f"{host}:{port}; models in {cfg.models_dir}; OS {os_name}; Python {platform.python_version()}")
 
 
 async def serve(cfg: envconfig.Config, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:

@@ -68,7 +68,7 @@ async def tags() -> dict[str, Any]:
 
 
 def _show(store: Store, name_text: str, verbose: bool) -> dict[str, Any]:
-    model = store.get(parse_name(name_text))
+    model = store.get(parse_name(name_text), as_typed=name_text)
     info = read_gguf(model.model_path) if model.model_path is not None else None
     details = model.details.to_json()
     out: dict[str, Any] = {}
@@ -127,8 +127,11 @@ async def copy() -> Response:
     body = await read_json()
     source = parse_name(require_str(body, "source"))
     destination = parse_name(require_str(body, "destination"))
-    await trio.to_thread.run_sync(get_store().copy, source, destination)
-    return Response(status=200)
+    store = get_store()
+    if not await trio.to_thread.run_sync(store.manifests.exists, source):
+        raise ModelNotFound(body["source"])
+    await trio.to_thread.run_sync(store.copy, source, destination)
+    return Response(b"", status=200)
 
 
 @bp.delete("/api/delete")
@@ -142,7 +145,7 @@ async def delete() -> Response:
     if not await trio.to_thread.run_sync(store.manifests.exists, name):
         raise ModelNotFound(text)
     await trio.to_thread.run_sync(store.delete, name)
-    return Response(status=200)
+    return Response(b"", status=200)
 
 
 @bp.route("/api/blobs/<digest>", methods=["HEAD"])
@@ -150,7 +153,7 @@ async def head_blob(digest: str) -> Response:
     store = get_store()
     if not await trio.to_thread.run_sync(store.blobs.exists, parse_digest(digest)):
         raise BlobNotFound(f"blob {digest!r} not found")
-    return Response(status=200)
+    return Response(b"", status=200)
 
 
 @bp.post("/api/blobs/<digest>")
@@ -158,9 +161,8 @@ async def push_blob(digest: str) -> Response:
     expected = parse_digest(digest)
     store = get_store()
     if await trio.to_thread.run_sync(store.blobs.exists, expected):
-        return Response(status=200)  # already here: nothing to write (Ollama answers 200 too)
-    request.max_content_length = None  # blobs are model weights: streamed, never held in memory
-    request.body_timeout = None
+        return Response(b"", status=200)  # already here: nothing to write (Ollama answers 200 too)
+    request.body_timeout = None  # blobs are model weights: streamed to disk, never held in memory
     writer = await trio.to_thread.run_sync(store.blobs.open_writer, expected)
     try:
         buffer = bytearray()
@@ -174,7 +176,7 @@ async def push_blob(digest: str) -> Response:
         await trio.to_thread.run_sync(writer.commit)
     finally:
         await trio.to_thread.run_sync(writer.abort)  # no-op after a successful commit
-    return Response(status=201)
+    return Response(b"", status=201)
 
 
 @bp.post("/api/create")

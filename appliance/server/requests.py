@@ -5,14 +5,29 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from quart import request
+from quart import current_app, request
 
-from appliance.errors import BadRequest
+from appliance.errors import BadRequest, PayloadTooLarge
+
+
+async def read_body(limit: int) -> bytes:
+    """The whole body, refusing (413) more than ``limit`` bytes without buffering past it."""
+    if request.content_length is not None and request.content_length > limit:
+        raise PayloadTooLarge(f"request body larger than {limit} bytes")
+    data = bytearray()
+    async for chunk in request.body:
+        data += chunk
+        if len(data) > limit:
+            raise PayloadTooLarge(f"request body larger than {limit} bytes")
+    return bytes(data)
 
 
 async def read_json() -> dict[str, Any]:
     """The request body as a JSON object, or BadRequest (400) naming what is wrong with it."""
-    data = await request.get_data(cache=True)
+    cached = getattr(request, "_appliance_json", None)
+    if cached is not None:
+        return cached  # type: ignore[no-any-return]
+    data = await read_body(current_app.extensions["appliance.config"].max_body_bytes)
     if not data or not data.strip():
         raise BadRequest("missing request body")
     try:
@@ -20,9 +35,11 @@ async def read_json() -> dict[str, Any]:
     except UnicodeDecodeError as exc:
         raise BadRequest(f"invalid request body: {exc}") from exc
     except json.JSONDecodeError as exc:
-        raise BadRequest(f"invalid JSON in request body: {exc.msg} at line {exc.lineno} column {exc.colno}") from exc
+        where = f"line {exc.lineno} column {exc.colno}"
+        raise BadRequest(f"invalid JSON in request body: {exc.msg} at {where}") from exc
     if not isinstance(body, dict):
         raise BadRequest("request body must be a JSON object")
+    request._appliance_json = body  # type: ignore[attr-defined]
     return body
 
 

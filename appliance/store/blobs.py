@@ -67,7 +67,7 @@ class BlobWriter:
         self.size = 0
         store.blobs_dir.mkdir(parents=True, exist_ok=True)
         self.temp_path = store.blobs_dir / f"{TEMP_PREFIX}{secrets.token_hex(8)}"
-        self._file: BinaryIO | None = open(self.temp_path, "xb")  # noqa: SIM115 - closed in commit/abort
+        self._file: BinaryIO | None = open(self.temp_path, "xb")
 
     def write(self, data: bytes) -> None:
         assert self._file is not None, "write after commit/abort"

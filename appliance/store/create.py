@@ -80,7 +80,7 @@ def _gguf_layers(store: Store, files: dict[str, str], adapters: bool) -> tuple[l
     for filename, digest in files.items():
         path = store.blobs.path(digest)  # validates the digest
         if not path.is_file():
-            raise BadRequest(f"blob {digest} for {filename!r} not found; upload it with POST /api/blobs first")
+            raise BadRequest(f"blob {digest} for {filename!r} not found; upload it first (POST /api/blobs)")
         try:
             info = read_gguf(path)
         except InvalidGGUF as exc:
@@ -192,7 +192,10 @@ def plan_create(store: Store, req: Mapping[str, Any]) -> CreatePlan:
     if params is not None:
         if not isinstance(params, dict):
             raise BadRequest("'parameters' must be an object")
-        plan.parameters = {**plan.parameters, **validate_options(params, strict=True)}
+        valid = validate_options(params)
+        if valid.ignored:
+            raise BadRequest(f"unknown parameter '{valid.ignored[0]}'")
+        plan.parameters = {**plan.parameters, **valid}
     plan.messages = _messages(req.get("messages"))
 
     quantize = _str_field(req, "quantize") or _str_field(req, "quantization")

@@ -12,7 +12,7 @@ import os
 import threading
 from pathlib import Path
 
-from appliance.errors import BadRequest
+from appliance.errors import BadRequest, ModelNotFound
 from appliance.store.blobs import BlobStore
 from appliance.store.manifests import Manifest, ManifestStore, StoredManifest
 from appliance.store.model import Model, load_model
@@ -38,8 +38,14 @@ class Store:
         """Every model, newest first (as ``ollama list`` shows them)."""
         return sorted(self.manifests.all(), key=lambda m: m.modified_at, reverse=True)
 
-    def get(self, name: Name) -> Model:
-        return load_model(self.blobs, self.manifests, name)
+    def get(self, name: Name, as_typed: str | None = None) -> Model:
+        """The model called ``name``; a not-found error quotes ``as_typed`` (what the user wrote)."""
+        try:
+            return load_model(self.blobs, self.manifests, name)
+        except ModelNotFound:
+            if as_typed is None:
+                raise
+            raise ModelNotFound(as_typed) from None
 
     def write_manifest(self, name: Name, manifest: Manifest) -> None:
         """Write a manifest after checking every blob it names is present with the right size."""

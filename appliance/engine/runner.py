@@ -1,0 +1,627 @@
+"""The runner process: one loaded model served to up to N parallel sequences (``ollama runner``).
+
+Why a process: llama.cpp aborts the whole process on some inputs, and killing a process is the
+one sure way to stop a stuck generation or free a model's memory.  The server talks to it with
+the JSON line protocol in :mod:`appliance.engine.protocol`.
+
+Why this shape: the per-token path decides throughput, so it stays in C as far as possible.
+Each step builds ONE ``llama_batch`` holding the next token of every generating sequence plus
+prompt chunks of sequences still reading their prompt (continuous batching), calls
+``llama_decode`` once, and samples each sequence with its own ``llama_sampler`` chain directly on
+llama.cpp's logits (no logits are copied into Python).  A sequence keeps its KV cache between
+requests; a new request goes to the idle slot sharing the longest prompt prefix, and only the
+tokens after that prefix are evaluated.
+"""
+
+from __future__ import annotations
+
+import argparse
+import codecs
+import ctypes
+import os
+import queue
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any, BinaryIO
+
+from appliance.engine import protocol
+
+LLAMA_DEFAULT_SEED = 0xFFFFFFFF
+
+
+@dataclass
+class Slot:
+    """One sequence of the context (``seq_id``) and the request it is serving, if any."""
+
+    seq_id: int
+    cached: list[int] = field(default_factory=list)  # tokens whose KV entries are in the cache
+    request_id: int | None = None
+    pending: list[int] = field(default_factory=list)  # prompt tokens still to evaluate
+    sampler: Any = None
+    options: dict[str, Any] = field(default_factory=dict)
+    stops: tuple[str, ...] = ()
+    held: str = ""  # generated text not sent yet: it may be the start of a stop sequence
+    decoder: Any = None
+    last_token: int | None = None  # sampled, not yet decoded
+    n_predicted: int = 0
+    n_prompt: int = 0
+    n_cached: int = 0
+    t_start: float = 0.0
+    t_prompt_done: float = 0.0
+    cancelled: bool = False
+    truncated: bool = False
+    last_used: float = 0.0
+
+    @property
+    def busy(self) -> bool:
+        return self.request_id is not None
+
+
+class Runner:
+    """A loaded model + context + slots, and the decode loop that serves them."""
+
+    def __init__(self, args: argparse.Namespace, out: BinaryIO) -> None:
+        import llama_cpp as llama
+
+        self.llama = llama
+        self.out = out
+        self.out_lock = threading.Lock()
+        self.commands: queue.Queue[dict[str, Any] | None] = queue.Queue()
+        llama.llama_backend_init()
+        if not args.verbose:
+            self._silence_logs()
+        mparams = llama.llama_model_default_params()
+        mparams.n_gpu_layers = args.n_gpu_layers
+        mparams.main_gpu = args.main_gpu
+        mparams.load_mode = llama.LLAMA_LOAD_MODE_MMAP if args.mmap else llama.LLAMA_LOAD_MODE_NONE
+        t0 = time.perf_counter()
+        self.model = llama.llama_model_load_from_file(args.model.encode(), mparams)
+        if not self.model:
+            raise RuntimeError(f"unable to load model {args.model}")
+        self.vocab = llama.llama_model_get_vocab(self.model)
+        self.n_parallel = max(1, args.parallel)
+        cparams = llama.llama_context_default_params()
+        cparams.n_ctx = args.ctx * self.n_parallel
+        cparams.n_batch = args.batch
+        cparams.n_ubatch = min(args.batch, 512)
+        cparams.n_seq_max = self.n_parallel
+        cparams.n_threads = args.threads
+        cparams.n_threads_batch = args.threads
+        cparams.kv_unified = False
+        cparams.no_perf = True
+        cparams.flash_attn_type = {"on": 1, "off": 0}.get(args.flash_attention, -1)
+        kv = {"f16": 1, "q8_0": 8, "q4_0": 2}.get(args.kv_cache_type)
+        if kv is not None:
+            cparams.type_k = cparams.type_v = kv
+        self.ctx = llama.llama_init_from_model(self.model, cparams)
+        if not self.ctx:
+            raise RuntimeError("unable to create the llama.cpp context (out of memory?)")
+        self.mem = llama.llama_get_memory(self.ctx)
+        self.n_batch = args.batch
+        self.n_ctx = llama.llama_n_ctx(self.ctx)
+        self.n_ctx_slot = llama.llama_n_ctx_seq(self.ctx)
+        self.batch = llama.llama_batch_init(self.n_batch, 0, self.n_parallel)
+        self.slots = [Slot(seq_id=i) for i in range(self.n_parallel)]
+        self.waiting: list[dict[str, Any]] = []
+        self.embed_ctx: Any = None
+        self.threads = args.threads
+        self.load_duration_ns = int((time.perf_counter() - t0) * 1e9)
+        self._piece_buf = ctypes.create_string_buffer(256)
+        self.can_shift = bool(llama.llama_memory_can_shift(self.mem))
+        self.add_bos = bool(llama.llama_vocab_get_add_bos(self.vocab))
+
+    def _silence_logs(self) -> None:
+        llama = self.llama
+
+        @llama.llama_log_callback
+        def quiet(level: int, text: bytes, user_data: ctypes.c_void_p) -> None:
+            if level in (3, 4):  # GGML_LOG_LEVEL_WARN, GGML_LOG_LEVEL_ERROR
+                sys.stderr.write(text.decode("utf-8", "replace"))
+
+        self._log_cb = quiet  # keep a reference: llama.cpp holds the pointer
+        llama.llama_log_set(quiet, ctypes.c_void_p(0))
+
+    # -- output ---------------------------------------------------------------------------------
+
+    def send(self, obj: dict[str, Any]) -> None:
+        with self.out_lock:
+            self.out.write(protocol.encode(obj))
+            self.out.flush()
+
+    def send_many(self, objs: list[dict[str, Any]]) -> None:
+        if objs:
+            with self.out_lock:
+                self.out.write(b"".join(protocol.encode(o) for o in objs))
+                self.out.flush()
+
+    # -- tokens ---------------------------------------------------------------------------------
+
+    def tokenize(self, text: str, add_special: bool) -> list[int]:
+        data = text.encode("utf-8")
+        n_max = len(data) + 16
+        buf = (self.llama.llama_token * n_max)()
+        n = self.llama.llama_tokenize(self.vocab, data, len(data), buf, n_max, add_special, True)
+        if n < 0:
+            n_max = -n
+            buf = (self.llama.llama_token * n_max)()
+            n = self.llama.llama_tokenize(self.vocab, data, len(data), buf, n_max, add_special, True)
+        return list(buf[:n])
+
+    def piece(self, token: int) -> bytes:
+        buf = self._piece_buf
+        n = self.llama.llama_token_to_piece(self.vocab, token, buf, len(buf), 0, True)
+        if n < 0:
+            buf = ctypes.create_string_buffer(-n)
+            n = self.llama.llama_token_to_piece(self.vocab, token, buf, len(buf), 0, True)
+        return buf.raw[:n]
+
+    # -- requests -------------------------------------------------------------------------------
+
+    def _make_sampler(self, opts: dict[str, Any], grammar: str | None) -> Any:
+        llama = self.llama
+        params = llama.llama_sampler_chain_default_params()
+        params.no_perf = True
+        chain = llama.llama_sampler_chain_init(params)
+        add = lambda s: llama.llama_sampler_chain_add(chain, s)  # noqa: E731
+        if grammar:
+            g = llama.llama_sampler_init_grammar(self.vocab, grammar.encode(), b"root")
+            if not g:
+                llama.llama_sampler_free(chain)
+                raise BadRequestError("invalid grammar for structured output")
+            add(g)
+        repeat_penalty = float(opts.get("repeat_penalty", 1.0))
+        presence, frequency = (
+            float(opts.get("presence_penalty", 0.0)),
+            float(opts.get("frequency_penalty", 0.0)),
+        )
+        repeat_last_n = int(opts.get("repeat_last_n", 64))
+        if repeat_last_n < 0:
+            repeat_last_n = self.n_ctx_slot
+        if repeat_last_n and (repeat_penalty != 1.0 or presence or frequency):
+            add(llama.llama_sampler_init_penalties(repeat_last_n, repeat_penalty, frequency, presence))
+        temperature = float(opts.get("temperature", 0.8))
+        if temperature <= 0:
+            add(llama.llama_sampler_init_greedy())
+            return chain
+        top_k = int(opts.get("top_k", 40))
+        if top_k > 0:
+            add(llama.llama_sampler_init_top_k(top_k))
+        typical_p = float(opts.get("typical_p", 1.0))
+        if 0 < typical_p < 1:
+            add(llama.llama_sampler_init_typical(typical_p, 1))
+        top_p = float(opts.get("top_p", 0.9))
+        if 0 < top_p < 1:
+            add(llama.llama_sampler_init_top_p(top_p, 1))
+        min_p = float(opts.get("min_p", 0.0))
+        if min_p > 0:
+            add(llama.llama_sampler_init_min_p(min_p, 1))
+        add(llama.llama_sampler_init_temp(temperature))
+        seed = int(opts.get("seed", -1))
+        add(llama.llama_sampler_init_dist(LLAMA_DEFAULT_SEED if seed < 0 else seed & 0xFFFFFFFF))
+        return chain
+
+    def _pick_slot(self, tokens: list[int]) -> Slot | None:
+        """The idle slot whose cache shares the longest prefix with ``tokens`` (LRU on ties)."""
+        best, best_len = None, -1
+        for slot in self.slots:
+            if slot.busy:
+                continue
+            n = _common_prefix(slot.cached, tokens)
+            if n > best_len or (n == best_len and best is not None and slot.last_used < best.last_used):
+                best, best_len = slot, n
+        return best
+
+    def start_completion(self, cmd: dict[str, Any]) -> None:
+        opts = cmd.get("options") or {}
+        tokens = self.tokenize(cmd.get("prompt", ""), bool(cmd.get("add_special", True)))
+        bos = self.llama.llama_vocab_bos(self.vocab)
+        if len(tokens) > 1 and tokens[0] == bos and tokens[1] == bos:  # template wrote BOS itself
+            del tokens[0]
+        if not tokens:
+            tokens = [self.llama.llama_vocab_bos(self.vocab)]
+        slot = self._pick_slot(tokens)
+        if slot is None:
+            self.waiting.append(cmd)
+            return
+        truncated = False
+        limit = self.n_ctx_slot - 1
+        if len(tokens) > limit:  # keep num_keep tokens from the start and the most recent rest
+            keep = max(0, min(int(opts.get("num_keep", 4)), limit // 2))
+            tokens = tokens[:keep] + tokens[len(tokens) - (limit - keep) :]
+            truncated = True
+        grammar = _grammar_for(cmd)
+        sampler = self._make_sampler(opts, grammar)
+        n_common = _common_prefix(slot.cached, tokens)
+        if n_common == len(tokens):  # all cached: re-evaluate the last token to get fresh logits
+            n_common -= 1
+        if n_common < len(slot.cached):
+            if not self.llama.llama_memory_seq_rm(self.mem, slot.seq_id, n_common, -1):
+                self.llama.llama_memory_seq_rm(self.mem, slot.seq_id, -1, -1)
+                n_common = 0
+            del slot.cached[n_common:]
+        n_last = int(opts.get("repeat_last_n", 64))
+        if not grammar and n_last:  # penalties see the prompt too; a grammar must not
+            for tok in tokens[-n_last:] if n_last > 0 else tokens:
+                self.llama.llama_sampler_accept(sampler, tok)
+        slot.request_id = int(cmd["id"])
+        slot.pending = tokens[n_common:]
+        slot.sampler = sampler
+        slot.options = opts
+        slot.stops = tuple(s for s in (opts.get("stop") or []) if s)
+        slot.held = ""
+        slot.decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        slot.last_token = None
+        slot.n_predicted = 0
+        slot.n_prompt = len(tokens)
+        slot.n_cached = n_common
+        slot.t_start = time.perf_counter()
+        slot.t_prompt_done = 0.0
+        slot.cancelled = False
+        slot.truncated = truncated
+
+    def _finish(self, slot: Slot, reason: str, events: list[dict[str, Any]]) -> None:
+        now = time.perf_counter()
+        tail = slot.held + slot.decoder.decode(b"", final=True)
+        if tail and reason != "cancel":
+            events.append({"id": slot.request_id, "event": "token", "text": tail})
+        prompt_done = slot.t_prompt_done or now
+        events.append(
+            {
+                "id": slot.request_id,
+                "event": "done",
+                "done_reason": reason,
+                "prompt_eval_count": slot.n_prompt,
+                "prompt_eval_duration": int((prompt_done - slot.t_start) * 1e9),
+                "eval_count": slot.n_predicted,
+                "eval_duration": int((now - prompt_done) * 1e9),
+                "prompt_cached": slot.n_cached,
+                "truncated": slot.truncated,
+            }
+        )
+        if slot.sampler is not None:
+            self.llama.llama_sampler_free(slot.sampler)
+        slot.sampler = None
+        slot.request_id = None
+        slot.pending = []
+        slot.last_token = None
+        slot.last_used = now
+
+    def cancel(self, request_id: int) -> None:
+        for slot in self.slots:
+            if slot.request_id == request_id:
+                slot.cancelled = True
+        self.waiting = [c for c in self.waiting if c.get("id") != request_id]
+
+    # -- the decode step ------------------------------------------------------------------------
+
+    def _shift_context(self, slot: Slot) -> bool:
+        """Free half of the slot's context after num_keep tokens (Ollama's context shift)."""
+        n_past = len(slot.cached)
+        keep = max(0, min(int(slot.options.get("num_keep", 4)), n_past // 2))
+        discard = (n_past - keep) // 2
+        if not self.can_shift or discard <= 0:
+            return False
+        self.llama.llama_memory_seq_rm(self.mem, slot.seq_id, keep, keep + discard)
+        self.llama.llama_memory_seq_add(self.mem, slot.seq_id, keep + discard, n_past, -discard)
+        del slot.cached[keep : keep + discard]
+        return True
+
+    def step(self) -> None:
+        """One llama_decode over every active slot, then sampling and output for each."""
+        llama, batch = self.llama, self.batch
+        events: list[dict[str, Any]] = []
+        for slot in self.slots:
+            if slot.busy and slot.cancelled:
+                self._finish(slot, "cancel", events)
+        n = 0
+        outputs: list[tuple[Slot, int]] = []
+        participants: list[Slot] = []
+        # Generating slots first: one token each, so they never starve behind a long prompt.
+        for slot in self.slots:
+            if not slot.busy or slot.last_token is None:
+                continue
+            if len(slot.cached) + 1 >= self.n_ctx_slot and not self._shift_context(slot):
+                self._finish(slot, "length", events)
+                continue
+            self._add(n, slot.last_token, len(slot.cached), slot.seq_id, True)
+            slot.cached.append(slot.last_token)
+            slot.last_token = None
+            outputs.append((slot, n))
+            participants.append(slot)
+            n += 1
+        for slot in self.slots:
+            if not slot.busy or not slot.pending or n >= self.n_batch:
+                continue
+            take = min(len(slot.pending), self.n_batch - n)
+            chunk, slot.pending = slot.pending[:take], slot.pending[take:]
+            participants.append(slot)
+            for j, tok in enumerate(chunk):
+                last = not slot.pending and j == take - 1
+                self._add(n, tok, len(slot.cached), slot.seq_id, last)
+                slot.cached.append(tok)
+                if last:
+                    outputs.append((slot, n))
+                n += 1
+        if n == 0:
+            self.send_many(events)
+            return
+        batch.n_tokens = n
+        rc = llama.llama_decode(self.ctx, batch)
+        if rc != 0:
+            for slot in participants:
+                events.append(
+                    {
+                        "id": slot.request_id,
+                        "event": "error",
+                        "error": f"llama_decode failed ({rc}): context full or out of memory",
+                    }
+                )
+                self._reset_slot(slot)
+            self.send_many(events)
+            return
+        now = time.perf_counter()
+        for slot, idx in outputs:
+            if slot.t_prompt_done == 0.0:
+                slot.t_prompt_done = now
+            token = llama.llama_sampler_sample(slot.sampler, self.ctx, idx)
+            self._emit(slot, token, events)
+        self.send_many(events)
+
+    def _reset_slot(self, slot: Slot) -> None:
+        self.llama.llama_memory_seq_rm(self.mem, slot.seq_id, -1, -1)
+        slot.cached = []
+        if slot.sampler is not None:
+            self.llama.llama_sampler_free(slot.sampler)
+        slot.sampler, slot.request_id, slot.pending, slot.last_token = None, None, [], None
+
+    def _add(self, i: int, token: int, pos: int, seq_id: int, logits: bool) -> None:
+        b = self.batch
+        b.token[i] = token
+        b.pos[i] = pos
+        b.n_seq_id[i] = 1
+        b.seq_id[i][0] = seq_id
+        b.logits[i] = logits
+
+    def _emit(self, slot: Slot, token: int, events: list[dict[str, Any]]) -> None:
+        if self.llama.llama_vocab_is_eog(self.vocab, token):
+            self._finish(slot, "stop", events)
+            return
+        slot.n_predicted += 1
+        text = slot.held + slot.decoder.decode(self.piece(token))
+        if slot.stops:
+            for stop in slot.stops:
+                at = text.find(stop)
+                if at >= 0:
+                    slot.held = text[:at]
+                    self._finish(slot, "stop", events)
+                    return
+            hold = _partial_stop_suffix(text, slot.stops)
+            slot.held, text = text[len(text) - hold :] if hold else "", text[: len(text) - hold]
+        else:
+            slot.held = ""
+        if text:
+            events.append({"id": slot.request_id, "event": "token", "text": text})
+        limit = int(slot.options.get("num_predict", -1))
+        if limit == -2:
+            limit = self.n_ctx_slot - slot.n_prompt
+        if 0 <= limit <= slot.n_predicted:
+            self._finish(slot, "length", events)
+            return
+        slot.last_token = token
+
+    # -- embeddings -----------------------------------------------------------------------------
+
+    def embed(self, cmd: dict[str, Any]) -> dict[str, Any]:
+        llama = self.llama
+        if self.embed_ctx is None:
+            cparams = llama.llama_context_default_params()
+            cparams.n_ctx = self.n_ctx_slot
+            cparams.n_batch = cparams.n_ubatch = self.n_ctx_slot
+            cparams.n_seq_max = 1
+            cparams.embeddings = True
+            cparams.n_threads = cparams.n_threads_batch = self.threads
+            cparams.pooling_type = (
+                llama.LLAMA_POOLING_TYPE_UNSPECIFIED if self._has_pooling() else llama.LLAMA_POOLING_TYPE_MEAN
+            )
+            self.embed_ctx = llama.llama_init_from_model(self.model, cparams)
+            if not self.embed_ctx:
+                raise RuntimeError("unable to create an embedding context")
+        ctx = self.embed_ctx
+        n_embd = llama.llama_model_n_embd_out(self.model) or llama.llama_model_n_embd(self.model)
+        limit = llama.llama_n_ctx(ctx)
+        vectors, total = [], 0
+        for text in cmd.get("inputs", []):
+            tokens = self.tokenize(text, True)
+            if len(tokens) > limit:
+                if not cmd.get("truncate", True):
+                    raise ValueError("the input length exceeds the context length")
+                tokens = tokens[:limit]
+            total += len(tokens)
+            llama.llama_memory_clear(llama.llama_get_memory(ctx), True)
+            batch = llama.llama_batch_init(len(tokens), 0, 1)
+            try:
+                for i, tok in enumerate(tokens):
+                    batch.token[i], batch.pos[i], batch.n_seq_id[i] = tok, i, 1
+                    batch.seq_id[i][0] = 0
+                    batch.logits[i] = True
+                batch.n_tokens = len(tokens)
+                if llama.llama_decode(ctx, batch) != 0:
+                    raise RuntimeError("llama_decode failed while embedding")
+                ptr = llama.llama_get_embeddings_seq(ctx, 0)
+                vec = [float(ptr[i]) for i in range(n_embd)]
+            finally:
+                llama.llama_batch_free(batch)
+            vectors.append(vec)
+        return {"embeddings": vectors, "prompt_eval_count": total}
+
+    def _has_pooling(self) -> bool:
+        buf = ctypes.create_string_buffer(64)
+        arch = ctypes.create_string_buffer(128)
+        self.llama.llama_model_meta_val_str(self.model, b"general.architecture", arch, len(arch))
+        key = arch.value + b".pooling_type"
+        return self.llama.llama_model_meta_val_str(self.model, key, buf, len(buf)) >= 0
+
+    # -- the loop -------------------------------------------------------------------------------
+
+    def handle(self, cmd: dict[str, Any]) -> bool:
+        """Act on one command; False means shut down."""
+        op = cmd.get("op")
+        rid = cmd.get("id")
+        try:
+            if op == "completion":
+                self.start_completion(cmd)
+            elif op == "cancel":
+                self.cancel(int(cmd["id"]))
+            elif op == "tokenize":
+                tokens = self.tokenize(str(cmd.get("text", "")), bool(cmd.get("add_special", False)))
+                self.send({"id": rid, "event": "result", "tokens": tokens})
+            elif op == "detokenize":
+                text = b"".join(self.piece(int(t)) for t in cmd.get("tokens", [])).decode("utf-8", "replace")
+                self.send({"id": rid, "event": "result", "text": text})
+            elif op == "embed":
+                self.send({"id": rid, "event": "result", **self.embed(cmd)})
+            elif op == "shutdown":
+                return False
+            else:
+                self.send({"id": rid, "event": "error", "error": f"unknown op {op!r}"})
+        except Exception as exc:  # one bad request must not end the runner
+            status = 400 if isinstance(exc, BadRequestError) else 500
+            self.send(
+                {"id": rid, "event": "error", "error": str(exc) or type(exc).__name__, "status": status}
+            )
+        return True
+
+    def run(self) -> None:
+        self.send(
+            {
+                "event": "ready",
+                "n_ctx": self.n_ctx,
+                "n_ctx_slot": self.n_ctx_slot,
+                "n_parallel": self.n_parallel,
+                "n_batch": self.n_batch,
+                "n_ctx_train": self.llama.llama_model_n_ctx_train(self.model),
+                "n_embd": self.llama.llama_model_n_embd(self.model),
+                "model_size": self.llama.llama_model_size(self.model),
+                "load_duration": self.load_duration_ns,
+                "pid": os.getpid(),
+            }
+        )
+        while True:
+            active = any(s.busy for s in self.slots)
+            try:
+                cmd = self.commands.get(block=not active)
+            except queue.Empty:
+                cmd = False  # type: ignore[assignment]
+            while cmd is not False:
+                if cmd is None or not self.handle(cmd):
+                    return
+                try:
+                    cmd = self.commands.get_nowait()
+                except queue.Empty:
+                    cmd = False  # type: ignore[assignment]
+            while self.waiting and any(not s.busy for s in self.slots):
+                self.start_completion(self.waiting.pop(0))
+            if any(s.busy for s in self.slots):
+                self.step()
+
+    def close(self) -> None:
+        llama = self.llama
+        llama.llama_batch_free(self.batch)
+        for slot in self.slots:
+            if slot.sampler is not None:
+                llama.llama_sampler_free(slot.sampler)
+        if self.embed_ctx is not None:
+            llama.llama_free(self.embed_ctx)
+        llama.llama_free(self.ctx)
+        llama.llama_model_free(self.model)
+
+
+class BadRequestError(ValueError):
+    """A request the runner refuses (reported to the client as 400)."""
+
+
+def _grammar_for(cmd: dict[str, Any]) -> str | None:
+    """GBNF for the request's ``format``: generic JSON, or a JSON schema converted by llama.cpp's tool."""
+    if cmd.get("grammar"):
+        return str(cmd["grammar"])
+    from llama_cpp import llama_grammar
+
+    if cmd.get("format") == "json":
+        return llama_grammar.JSON_GBNF
+    schema = cmd.get("json_schema")
+    if schema is None:
+        return None
+    import json
+
+    try:
+        return llama_grammar.json_schema_to_gbnf(json.dumps(schema))
+    except Exception as exc:
+        raise BadRequestError(f"invalid JSON schema in format: {exc}") from exc
+
+
+def _common_prefix(a: list[int], b: list[int]) -> int:
+    n = min(len(a), len(b))
+    i = 0
+    while i < n and a[i] == b[i]:
+        i += 1
+    return i
+
+
+def _partial_stop_suffix(text: str, stops: tuple[str, ...]) -> int:
+    """Length of the longest suffix of ``text`` that is a proper prefix of some stop string."""
+    best = 0
+    for stop in stops:
+        for k in range(min(len(stop) - 1, len(text)), best, -1):
+            if text.endswith(stop[:k]):
+                best = k
+                break
+    return best
+
+
+def _reader(stream: BinaryIO, commands: queue.Queue[dict[str, Any] | None]) -> None:
+    for line in stream:
+        if not line.strip():
+            continue
+        try:
+            commands.put(protocol.decode(line))
+        except ValueError as exc:
+            sys.stderr.write(f"runner: bad protocol line: {exc}\n")
+    commands.put(None)  # the server went away: shut down
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="ollama runner")
+    p.add_argument("--model", required=True)
+    p.add_argument("--ctx", type=int, default=4096, help="context tokens per parallel sequence")
+    p.add_argument("--parallel", type=int, default=1)
+    p.add_argument("--batch", type=int, default=512)
+    p.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    p.add_argument("--n-gpu-layers", type=int, default=0)
+    p.add_argument("--main-gpu", type=int, default=0)
+    p.add_argument("--no-mmap", dest="mmap", action="store_false")
+    p.add_argument("--flash-attention", choices=["auto", "on", "off"], default="auto")
+    p.add_argument("--kv-cache-type", default="")
+    p.add_argument("--verbose", action="store_true")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str]) -> int:
+    """Entry point of ``ollama runner``: protocol on the original stdout, everything else to stderr."""
+    args = parse_args(argv)
+    proto_out = os.fdopen(os.dup(1), "wb", buffering=1 << 16)
+    os.dup2(2, 1)  # llama.cpp or a stray print must never corrupt the protocol stream
+    sys.stdout = sys.stderr
+    try:
+        runner = Runner(args, proto_out)
+    except Exception as exc:
+        proto_out.write(protocol.encode({"event": "error", "error": str(exc)}))
+        proto_out.flush()
+        return 1
+    threading.Thread(target=_reader, args=(sys.stdin.buffer, runner.commands), daemon=True).start()
+    try:
+        runner.run()
+    finally:
+        runner.close()  # explicit: Llama objects freed at interpreter exit crash frozen builds
+    return 0

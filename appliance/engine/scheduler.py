@@ -1,0 +1,380 @@
+"""The scheduler: which models are loaded, who may use them, and when they go away.
+
+Routes ask :meth:`Scheduler.use` for a runner and get one with a free slot, or wait in a bounded
+queue (503 beyond OLLAMA_MAX_QUEUE).  Models load on demand, are shared by every request for
+the same weights and load options, stay for keep_alive after their last request, and are evicted
+least-recently-used when OLLAMA_MAX_LOADED_MODELS or memory would be exceeded.  All runner tasks
+live in the scheduler's own nursery.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import trio
+
+from appliance import envconfig
+from appliance.engine.process import LoadOptions, RunnerProcess
+from appliance.errors import ApplianceError, RunnerError, ServerBusy
+from appliance.store.gguf import GGUFInfo, read_gguf
+from appliance.store.model import Model
+
+log = logging.getLogger("appliance.scheduler")
+
+BUSY_MESSAGE = "server busy, please try again.  maximum pending requests exceeded"
+FOREVER = datetime(2318, 1, 1, tzinfo=UTC)
+
+
+@dataclass(eq=False)
+class Loaded:
+    """A model held by a runner process."""
+
+    model: Model
+    options: LoadOptions
+    runner: RunnerProcess
+    estimated_bytes: int
+    slots: trio.Semaphore
+    keep_alive_s: float
+    refs: int = 0
+    expires_at: datetime | None = None
+    expiry_token: int = 0
+    last_used: float = field(default_factory=time.monotonic)
+    scope: trio.CancelScope | None = None
+    gone: trio.Event = field(default_factory=trio.Event)
+
+    @property
+    def context_length(self) -> int:
+        return self.options.num_ctx
+
+
+def memory_available() -> int:
+    """MemAvailable from /proc/meminfo (bytes); a large number where it cannot be read."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 1 << 50
+
+
+def estimate_bytes(info: GGUFInfo, file_size: int, options: LoadOptions) -> int:
+    """Weights + KV cache (f16) + a compute-graph allowance: what loading will cost in RAM."""
+    arch = info.architecture
+    md = info.metadata
+    n_layer = int(md.get(f"{arch}.block_count") or 0)
+    n_embd = int(md.get(f"{arch}.embedding_length") or 0)
+    n_head = int(md.get(f"{arch}.attention.head_count") or 1) or 1
+    n_head_kv = md.get(f"{arch}.attention.head_count_kv") or n_head
+    n_head_kv = int(max(n_head_kv) if isinstance(n_head_kv, list) else n_head_kv)
+    head_k = int(md.get(f"{arch}.attention.key_length") or (n_embd // n_head))
+    head_v = int(md.get(f"{arch}.attention.value_length") or (n_embd // n_head))
+    kv_bytes = 1 if options.kv_cache_type == "q8_0" else 2
+    n_ctx = options.num_ctx * options.num_parallel
+    kv = n_layer * n_ctx * n_head_kv * (head_k + head_v) * kv_bytes
+    vocab = len(md.get("tokenizer.ggml.tokens") or []) or 32000
+    graph = min(options.num_batch, 512) * (vocab + 4 * n_embd) * 4 * 2 + (64 << 20)
+    return file_size + kv + graph
+
+
+class Scheduler:
+    """Owns every runner; see the module docstring."""
+
+    def __init__(self, cfg: envconfig.Config, threads: int | None = None) -> None:
+        self.cfg = cfg
+        self.threads = threads or _physical_cores()
+        self.loaded: list[Loaded] = []
+        self.waiting = 0
+        self._nursery: trio.Nursery | None = None
+        self._load_lock = trio.Lock()
+        self._changed = trio.Event()  # set (and replaced) whenever a model is released or unloaded
+        self._gguf_cache: dict[str, GGUFInfo] = {}
+
+    # -- life cycle -----------------------------------------------------------------------------
+
+    async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+        """Serve until cancelled; then stop every runner."""
+        try:
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                task_status.started()
+                await trio.sleep_forever()
+        finally:
+            self._nursery = None
+            with trio.CancelScope(shield=True):
+                await self.stop_all()
+
+    async def stop_all(self) -> None:
+        for loaded in list(self.loaded):
+            await self._unload(loaded)
+
+    def _notify(self) -> None:
+        self._changed.set()
+        self._changed = trio.Event()
+
+    # -- options --------------------------------------------------------------------------------
+
+    def load_options(self, model: Model, options: dict[str, Any], info: GGUFInfo) -> LoadOptions:
+        """Runner options for a request: request options > model PARAMETERs > server defaults."""
+        merged = {**model.parameters, **options}
+        default_ctx = self.cfg.context_length or 4096
+        num_ctx = int(merged.get("num_ctx") or default_ctx)
+        trained = info.context_length or num_ctx
+        if num_ctx > trained:
+            log.warning(
+                "num_ctx %d exceeds the model's trained context %d; using %d", num_ctx, trained, trained
+            )
+            num_ctx = trained
+        num_ctx = max(num_ctx, 16)
+        fa = self.cfg.flash_attention
+        return LoadOptions(
+            model_path=str(model.model_path),
+            num_ctx=num_ctx,
+            num_parallel=max(1, self.cfg.num_parallel),
+            num_batch=max(1, int(merged.get("num_batch") or 512)),
+            num_thread=int(merged.get("num_thread") or 0) or self.threads,
+            num_gpu=0 if int(merged.get("num_gpu", -1)) < 0 else int(merged["num_gpu"]),
+            main_gpu=int(merged.get("main_gpu") or 0),
+            use_mmap=merged.get("use_mmap") is not False,
+            flash_attention="auto" if fa is None else ("on" if fa else "off"),
+            kv_cache_type=self.cfg.kv_cache_type or "",
+            adapters=tuple(str(p) for p in model.adapter_paths),
+        )
+
+    async def gguf(self, model: Model) -> GGUFInfo:
+        if model.model_path is None:
+            raise ApplianceError(f"model '{model.name.display}' has no weights")
+        key = str(model.model_path)
+        if key not in self._gguf_cache:
+            self._gguf_cache[key] = await trio.to_thread.run_sync(read_gguf, model.model_path)
+        return self._gguf_cache[key]
+
+    # -- use ------------------------------------------------------------------------------------
+
+    @asynccontextmanager
+    async def use(
+        self, model: Model, options: dict[str, Any], keep_alive_s: float | None
+    ) -> AsyncIterator[Loaded]:
+        """A loaded runner with a slot reserved for this request (queued, bounded)."""
+        if self.waiting >= self.cfg.max_queue:
+            raise ServerBusy(BUSY_MESSAGE)
+        keep = self.cfg.keep_alive_s if keep_alive_s is None else keep_alive_s
+        self.waiting += 1
+        try:
+            loaded = await self._get(model, options)
+            loaded.refs += 1
+            try:
+                await loaded.slots.acquire()
+            except BaseException:
+                loaded.refs -= 1
+                raise
+        finally:
+            self.waiting -= 1
+        loaded.keep_alive_s = keep
+        loaded.expires_at = self._deadline(keep)
+        try:
+            yield loaded
+        finally:
+            loaded.slots.release()
+            loaded.refs -= 1
+            loaded.last_used = time.monotonic()
+            loaded.keep_alive_s = keep
+            if loaded.refs == 0:
+                self._schedule_expiry(loaded)
+            self._notify()
+
+    async def load(self, model: Model, options: dict[str, Any], keep_alive_s: float | None) -> Loaded:
+        """Load without generating (an empty /api/generate or /api/chat)."""
+        async with self.use(model, options, keep_alive_s) as loaded:
+            return loaded
+
+    def _deadline(self, keep_alive_s: float) -> datetime:
+        if math.isinf(keep_alive_s) or keep_alive_s < 0:
+            return FOREVER
+        return datetime.now(UTC) + timedelta(seconds=keep_alive_s)
+
+    def _schedule_expiry(self, loaded: Loaded) -> None:
+        keep = loaded.keep_alive_s
+        loaded.expiry_token += 1
+        token = loaded.expiry_token
+        loaded.expires_at = self._deadline(keep)
+        if math.isinf(keep) or keep < 0 or self._nursery is None:
+            return
+
+        async def expire() -> None:
+            await trio.sleep(max(0.0, keep))
+            if loaded.refs == 0 and loaded.expiry_token == token and loaded in self.loaded:
+                log.info("unloading %s: keep_alive expired", loaded.model.name.display)
+                await self._unload(loaded)
+
+        self._nursery.start_soon(expire)
+
+    def _find(self, model: Model, options: LoadOptions) -> Loaded | None:
+        for loaded in self.loaded:
+            if loaded.options == options and not loaded.runner.dead and not loaded.gone.is_set():
+                return loaded
+        return None
+
+    async def _get(self, model: Model, options: dict[str, Any]) -> Loaded:
+        info = await self.gguf(model)
+        wanted = self.load_options(model, options, info)
+        found = self._find(model, wanted)
+        if found is not None:
+            return found
+        async with self._load_lock:
+            found = self._find(model, wanted)
+            if found is not None:
+                return found
+            # Same weights loaded with other options (num_ctx …): reload once it is idle.
+            for other in [lo for lo in self.loaded if lo.options.model_path == wanted.model_path]:
+                while other.refs > 0 and other in self.loaded:
+                    await self._changed.wait()
+                await self._unload(other)
+            file_size = os.path.getsize(wanted.model_path)
+            need = estimate_bytes(info, file_size, wanted)
+            await self._make_room(need)
+            return await self._start(model, wanted, need)
+
+    async def _make_room(self, need: int) -> None:
+        max_loaded = self.cfg.max_loaded_models or 3
+        while True:
+            too_many = len(self.loaded) >= max_loaded
+            short = need > memory_available()
+            if not too_many and not short:
+                return
+            idle = [lo for lo in self.loaded if lo.refs == 0]
+            if idle:
+                victim = min(idle, key=lambda lo: lo.last_used)
+                log.info("evicting %s to make room", victim.model.name.display)
+                await self._unload(victim)
+                continue
+            if not self.loaded:
+                gib = 1 << 30
+                raise ApplianceError(
+                    f"model requires more system memory ({need / gib:.1f} GiB) than is "
+                    f"available ({memory_available() / gib:.1f} GiB)"
+                )
+            await self._changed.wait()
+
+    async def _start(self, model: Model, options: LoadOptions, need: int) -> Loaded:
+        assert self._nursery is not None, "scheduler is not running"
+        runner = RunnerProcess(options, verbose=bool(self.cfg.debug))
+        loaded = Loaded(
+            model=model,
+            options=options,
+            runner=runner,
+            estimated_bytes=need,
+            slots=trio.Semaphore(options.num_parallel),
+            keep_alive_s=self.cfg.keep_alive_s,
+        )
+        log.info(
+            "loading %s (ctx %d x %d, %d threads)",
+            model.name.display,
+            options.num_ctx,
+            options.num_parallel,
+            options.num_thread,
+        )
+        t0 = time.perf_counter()
+        try:
+            with trio.fail_after(self.cfg.load_timeout_s):
+                await self._nursery.start(self._serve, loaded)
+        except trio.TooSlowError:
+            raise RunnerError(
+                f"timed out waiting for the model to load after {self.cfg.load_timeout_s:.0f}s"
+            ) from None
+        except BaseExceptionGroup as group:
+            raise RunnerError(_first_message(group) or "runner failed to start") from group
+        log.info("loaded %s in %.2fs", model.name.display, time.perf_counter() - t0)
+        return loaded
+
+    async def _serve(self, loaded: Loaded, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+        started = False
+
+        async def relay(*, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+            await loaded.runner.run(task_status=task_status)
+
+        with trio.CancelScope() as scope:
+            loaded.scope = scope
+            try:
+                async with trio.open_nursery() as nursery:
+                    await nursery.start(relay)
+                    self.loaded.append(loaded)
+                    started = True
+                    task_status.started()
+            except BaseExceptionGroup:
+                if not started:
+                    raise
+                log.warning(
+                    "runner for %s stopped: %s", loaded.model.name.display, loaded.runner.failure_message()
+                )
+            finally:
+                if loaded in self.loaded:
+                    self.loaded.remove(loaded)
+                loaded.gone.set()
+                self._notify()
+        if started and loaded.runner.dead and not scope.cancel_called:
+            log.warning(
+                "runner for %s exited: %s", loaded.model.name.display, loaded.runner.failure_message()
+            )
+
+    async def _unload(self, loaded: Loaded) -> None:
+        if loaded in self.loaded:
+            self.loaded.remove(loaded)
+        with trio.CancelScope(shield=True):
+            await loaded.runner.stop()
+            if loaded.scope is not None:
+                loaded.scope.cancel()
+            with trio.move_on_after(5):
+                await loaded.gone.wait()
+        self._notify()
+
+    async def unload_model(self, model: Model) -> bool:
+        """Unload every runner holding ``model`` once idle (keep_alive 0 / ``ollama stop``)."""
+        found = False
+        for loaded in [lo for lo in self.loaded if lo.model.digest == model.digest]:
+            found = True
+            loaded.keep_alive_s = 0
+            if loaded.refs == 0:
+                await self._unload(loaded)
+        return found
+
+    def running(self) -> list[Loaded]:
+        return [lo for lo in self.loaded if not lo.runner.dead]
+
+
+def _physical_cores() -> int:
+    try:
+        cores = set()
+        phys = core = None
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("physical id"):
+                    phys = line.split(":")[1].strip()
+                elif line.startswith("core id"):
+                    core = line.split(":")[1].strip()
+                    cores.add((phys, core))
+        if cores:
+            return len(cores)
+    except OSError:
+        pass
+    return os.cpu_count() or 1
+
+
+def _first_message(group: BaseExceptionGroup) -> str:
+    for exc in group.exceptions:
+        if isinstance(exc, BaseExceptionGroup):
+            msg = _first_message(exc)
+            if msg:
+                return msg
+        elif not isinstance(exc, trio.Cancelled):
+            return str(exc)
+    return ""

@@ -1,0 +1,263 @@
+"""The one inference path every API family uses: request -> prompt -> runner -> parsed chunks.
+
+Native, OpenAI and Anthropic routes all build a :class:`Generation` and iterate
+:func:`generate`; this module knows nothing about their wire formats.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import trio
+
+from appliance import envconfig
+from appliance.api.options import validate_options
+from appliance.engine.scheduler import Loaded, Scheduler
+from appliance.errors import BadRequest
+from appliance.prompt import render
+from appliance.prompt.thinking import ThinkingParser
+from appliance.prompt.tools import ToolCallParser
+from appliance.store.gguf import GGUFInfo
+from appliance.store.local import Store
+from appliance.store.model import Model, capabilities
+from appliance.store.names import parse_name
+
+log = logging.getLogger("appliance.inference")
+
+
+@dataclass
+class Generation:
+    """What to generate, independent of the API it came from."""
+
+    model: Model
+    messages: list[dict[str, Any]] | None = None  # chat
+    prompt: str | None = None  # generate
+    system: str | None = None
+    suffix: str = ""
+    template: str | None = None  # per-request TEMPLATE override (generate)
+    raw: bool = False
+    context: list[int] | None = None
+    tools: list[dict[str, Any]] | None = None
+    format: Any = None  # None | "json" | JSON schema dict
+    options: dict[str, Any] = field(default_factory=dict)
+    keep_alive_s: float | None = None
+    think: bool | str | None = None
+    want_context: bool = False
+
+
+@dataclass
+class Chunk:
+    content: str = ""
+    thinking: str = ""
+    tool_calls: list[dict[str, Any]] = field(default_factory=list)
+    done: bool = False
+    done_reason: str | None = None
+    metrics: dict[str, Any] = field(default_factory=dict)
+    context: list[int] | None = None
+
+
+async def resolve_model(store: Store, name: Any) -> Model:
+    if not isinstance(name, str) or not name:
+        raise BadRequest("model is required")
+    return await trio.to_thread.run_sync(store.get, parse_name(name), name)
+
+
+def parse_keep_alive(value: Any) -> float | None:
+    """keep_alive as seconds (inf = forever); None when not given. Numbers are seconds."""
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        raise BadRequest("keep_alive must be a duration or a number of seconds")
+    if isinstance(value, int | float):
+        return float("inf") if value < 0 else float(value)
+    if isinstance(value, str):
+        try:
+            seconds = envconfig.parse_duration(value)
+        except ValueError as exc:
+            raise BadRequest(f"invalid keep_alive duration {value!r}") from exc
+        return float("inf") if seconds < 0 else seconds
+    raise BadRequest("keep_alive must be a duration or a number of seconds")
+
+
+def check_format(fmt: Any) -> Any:
+    if fmt is None or fmt == "":
+        return None
+    if fmt == "json":
+        return "json"
+    if isinstance(fmt, dict):
+        return fmt
+    raise BadRequest(f'invalid format: expected "json" or a JSON schema object, got {str(fmt)[:80]!r}')
+
+
+def merged_options(model: Model, request_options: Any) -> dict[str, Any]:
+    if request_options is not None and not isinstance(request_options, dict):
+        raise BadRequest("options must be an object")
+    opts = dict(model.parameters)
+    opts.update(validate_options(request_options or {}))
+    return opts
+
+
+async def check_capabilities(gen: Generation, scheduler: Scheduler) -> GGUFInfo:
+    info = await scheduler.gguf(gen.model)
+    caps = capabilities(gen.model, info)
+    name = gen.model.name.display
+    if "completion" not in caps:
+        raise BadRequest(f'"{name}" does not support generate')
+    if gen.tools and "tools" not in caps:
+        raise BadRequest(f'"{name}" does not support tools')
+    if gen.think and "thinking" not in caps:
+        raise BadRequest(f'"{name}" does not support thinking')
+    if gen.suffix and "insert" not in caps:
+        raise BadRequest(f'"{name}" does not support insert')
+    return info
+
+
+def _chat_messages(gen: Generation) -> list[dict[str, Any]]:
+    """Modelfile MESSAGEs, then the model's SYSTEM unless the request brings one, then the chat."""
+    request = gen.messages or []
+    messages = [dict(m) for m in gen.model.messages]
+    if gen.model.system and not any(m.get("role") == "system" for m in request):
+        messages.insert(0, {"role": "system", "content": gen.model.system})
+    return messages + [dict(m) for m in request]
+
+
+def _render(gen: Generation, info: GGUFInfo, messages: Sequence[dict[str, Any]]) -> str:
+    template = gen.template or gen.model.template
+    if template:
+        return render.render_go(template, messages, gen.tools, gen.think)
+    if info.chat_template:
+        tokens = info.metadata.get("tokenizer.ggml.tokens") or []
+
+        def token(key: str) -> str:
+            idx = info.metadata.get(key)
+            return tokens[idx] if isinstance(idx, int) and 0 <= idx < len(tokens) else ""
+
+        return render.render_jinja(
+            info.chat_template,
+            messages,
+            gen.tools,
+            token("tokenizer.ggml.bos_token_id"),
+            token("tokenizer.ggml.eos_token_id"),
+            gen.think,
+        )
+    return render.render_plain(messages)
+
+
+async def _count(loaded: Loaded, text: str) -> int:
+    async for event in loaded.runner.request({"op": "tokenize", "text": text, "add_special": True}):
+        return len(event.get("tokens") or [])
+    return 0
+
+
+async def build_prompt(gen: Generation, info: GGUFInfo, loaded: Loaded) -> str:
+    """The prompt text, dropping the oldest non-system messages until it fits in num_ctx."""
+    if gen.messages is None:  # /api/generate
+        prompt = gen.prompt or ""
+        if gen.raw:
+            return prompt
+        system = gen.system if gen.system is not None else (gen.model.system or "")
+        template = gen.template or gen.model.template
+        if template:
+            return render.render_generate_go(template, prompt, gen.suffix, system, gen.think)
+        messages = ([{"role": "system", "content": system}] if system else []) + [
+            {"role": "user", "content": prompt}
+        ]
+        return _render(gen, info, messages)
+    messages = _chat_messages(gen)
+    text = _render(gen, info, messages)
+    limit = loaded.context_length
+    if len(text) < limit:  # fewer characters than tokens allowed: it fits, no need to count
+        return text
+    n = await _count(loaded, text)
+    dropped = 0
+    while n > limit:
+        droppable = [i for i, m in enumerate(messages[:-1]) if m.get("role") != "system"]
+        if not droppable:
+            break
+        del messages[droppable[0]]
+        dropped += 1
+        text = _render(gen, info, messages)
+        n = await _count(loaded, text)
+    if dropped:
+        log.info(
+            "truncated %d oldest message(s) of %s to fit num_ctx %d (prompt now %d tokens)",
+            dropped,
+            gen.model.name.display,
+            limit,
+            n,
+        )
+    return text
+
+
+async def generate(gen: Generation, scheduler: Scheduler) -> AsyncIterator[Chunk]:
+    """Run one generation; yields content/thinking/tool-call chunks and a final ``done`` chunk."""
+    t0 = time.perf_counter_ns()
+    info = await check_capabilities(gen, scheduler)
+    async with scheduler.use(gen.model, gen.options, gen.keep_alive_s) as loaded:
+        t_loaded = time.perf_counter_ns()
+        prompt = await build_prompt(gen, info, loaded)
+        if gen.context:
+            async for event in loaded.runner.request({"op": "detokenize", "tokens": gen.context}):
+                prompt = str(event.get("text", "")) + prompt
+        request: dict[str, Any] = {"op": "completion", "prompt": prompt, "options": gen.options}
+        if gen.format == "json":
+            request["format"] = "json"
+        elif isinstance(gen.format, dict):
+            request["json_schema"] = gen.format
+        template = gen.template or gen.model.template or info.chat_template or ""
+        thinking = ThinkingParser() if gen.think else None
+        tools = ToolCallParser(gen.tools, template) if gen.tools else None
+        generated: list[str] = []
+        async for event in loaded.runner.request(request):
+            if event.get("event") == "token":
+                text = str(event.get("text", ""))
+                generated.append(text)
+                chunk = _parse(text, thinking, tools)
+                if chunk.content or chunk.thinking or chunk.tool_calls:
+                    yield chunk
+            elif event.get("event") == "done":
+                tail = _flush(thinking, tools)
+                if tail.content or tail.thinking or tail.tool_calls:
+                    yield tail
+                final = Chunk(done=True, done_reason=str(event.get("done_reason", "stop")))
+                final.metrics = {
+                    "total_duration": time.perf_counter_ns() - t0,
+                    "load_duration": t_loaded - t0,
+                    "prompt_eval_count": int(event.get("prompt_eval_count", 0)),
+                    "prompt_eval_duration": int(event.get("prompt_eval_duration", 0)),
+                    "eval_count": int(event.get("eval_count", 0)),
+                    "eval_duration": int(event.get("eval_duration", 0)),
+                }
+                if gen.want_context:
+                    async for result in loaded.runner.request(
+                        {"op": "tokenize", "text": prompt + "".join(generated), "add_special": False}
+                    ):
+                        final.context = list(result.get("tokens") or [])
+                yield final
+
+
+def _parse(text: str, thinking: ThinkingParser | None, tools: ToolCallParser | None) -> Chunk:
+    chunk = Chunk()
+    if thinking is not None:
+        chunk.thinking, text = thinking.feed(text)
+    if tools is not None:
+        text, chunk.tool_calls = tools.feed(text)
+    chunk.content = text
+    return chunk
+
+
+def _flush(thinking: ThinkingParser | None, tools: ToolCallParser | None) -> Chunk:
+    chunk = Chunk()
+    text = ""
+    if thinking is not None:
+        chunk.thinking, text = thinking.flush()
+    if tools is not None:
+        content, calls = tools.feed(text) if text else ("", [])
+        rest, more = tools.flush()
+        text, chunk.tool_calls = content + rest, calls + more
+    chunk.content = text
+    return chunk

