@@ -7,6 +7,7 @@ Native, OpenAI and Anthropic routes all build a :class:`Generation` and iterate
 from __future__ import annotations
 
 import logging
+import secrets
 import time
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
@@ -240,12 +241,23 @@ async def generate(gen: Generation, scheduler: Scheduler) -> AsyncIterator[Chunk
                 yield final
 
 
+def tool_call_id() -> str:
+    """``call_`` + 8 random lowercase letters/digits, as Ollama names the calls it parses."""
+    alphabet = "abcdefghijklmnopqrstuvwxyz0123456789"
+    return "call_" + "".join(secrets.choice(alphabet) for _ in range(8))
+
+
+def _with_ids(calls: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [{"id": call.get("id") or tool_call_id(), **call} for call in calls]
+
+
 def _parse(text: str, thinking: ThinkingParser | None, tools: ToolCallParser | None) -> Chunk:
     chunk = Chunk()
     if thinking is not None:
         chunk.thinking, text = thinking.feed(text)
     if tools is not None:
-        text, chunk.tool_calls = tools.feed(text)
+        text, calls = tools.feed(text)
+        chunk.tool_calls = _with_ids(calls)
     chunk.content = text
     return chunk
 
@@ -258,6 +270,6 @@ def _flush(thinking: ThinkingParser | None, tools: ToolCallParser | None) -> Chu
     if tools is not None:
         content, calls = tools.feed(text) if text else ("", [])
         rest, more = tools.flush()
-        text, chunk.tool_calls = content + rest, calls + more
+        text, chunk.tool_calls = content + rest, _with_ids(calls + more)
     chunk.content = text
     return chunk
