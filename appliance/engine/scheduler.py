@@ -98,6 +98,7 @@ class Scheduler:
         self._load_lock = trio.Lock()
         self._changed = trio.Event()  # set (and replaced) whenever a model is released or unloaded
         self._gguf_cache: dict[str, GGUFInfo] = {}
+        self.memory_available = memory_available  # replaceable, for tests of memory-driven eviction
 
     # -- life cycle -----------------------------------------------------------------------------
 
@@ -248,7 +249,7 @@ class Scheduler:
         max_loaded = self.cfg.max_loaded_models or 3
         while True:
             too_many = len(self.loaded) >= max_loaded
-            short = need > memory_available()
+            short = need > self.memory_available()
             if not too_many and not short:
                 return
             idle = [lo for lo in self.loaded if lo.refs == 0]
@@ -261,7 +262,7 @@ class Scheduler:
                 gib = 1 << 30
                 raise ApplianceError(
                     f"model requires more system memory ({need / gib:.1f} GiB) than is "
-                    f"available ({memory_available() / gib:.1f} GiB)"
+                    f"available ({self.memory_available() / gib:.1f} GiB)"
                 )
             await self._changed.wait()
 
