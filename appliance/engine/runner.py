@@ -620,8 +620,18 @@ def main(argv: list[str]) -> int:
         proto_out.flush()
         return 1
     threading.Thread(target=_reader, args=(sys.stdin.buffer, runner.commands), daemon=True).start()
+    code = 0
     try:
         runner.run()
+    except BaseException:
+        import traceback
+
+        traceback.print_exc()
+        code = 1
     finally:
         runner.close()  # explicit: Llama objects freed at interpreter exit crash frozen builds
-    return 0
+        proto_out.flush()
+        sys.stderr.flush()
+        # The stdin reader thread is blocked in read(); a normal interpreter exit would abort on its
+        # buffer lock, so leave at once now that everything is freed and flushed.
+        os._exit(code)

@@ -1,0 +1,73 @@
+"""The scheduler in-process with real runners: memory-driven eviction and clear failures."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import trio
+
+from appliance import envconfig
+from appliance.engine.scheduler import Scheduler, estimate_bytes
+from appliance.errors import ApplianceError, ServerBusy
+from appliance.store import create as creating
+from appliance.store.local import Store
+from appliance.store.names import parse_name
+
+
+def _import(store: Store, gguf: Path, name: str) -> None:
+    digest, _size, _ = store.blobs.put_file(gguf)
+    plan = creating.plan_create(store, {"model": name, "files": {gguf.name: digest}})
+    creating.run_create(store, plan, lambda _status: None)
+
+
+@pytest.fixture
+def store(tmp_path: Path, smollm2_gguf: Path, gemma3_gguf: Path) -> Store:
+    st = Store(tmp_path)
+    _import(st, smollm2_gguf, "smol")
+    _import(st, gemma3_gguf, "gemma")
+    return st
+
+
+async def test_memory_pressure_evicts_the_idle_model(store: Store) -> None:
+    sched = Scheduler(envconfig.Config.from_env({"HOME": "/tmp", "OLLAMA_MAX_LOADED_MODELS": "5"}))
+    smol, gemma = store.get(parse_name("smol")), store.get(parse_name("gemma"))
+    async with trio.open_nursery() as nursery:
+        await nursery.start(sched.run)
+        needs = []
+        for model in (smol, gemma):
+            info = await sched.gguf(model)
+            opts = sched.load_options(model, {}, info)
+            needs.append(estimate_bytes(info, Path(opts.model_path).stat().st_size, opts))
+        # Pretend the machine has room for the larger model but not for both.
+        total = max(needs) + min(needs) // 2
+        await sched.load(smol, {}, None)
+        sched.memory_available = lambda: total - sum(lo.estimated_bytes for lo in sched.loaded)
+        await sched.load(gemma, {}, None)
+        assert [lo.model.name.model for lo in sched.loaded] == ["gemma"]
+        nursery.cancel_scope.cancel()
+    assert sched.loaded == []  # runners are stopped with the scheduler
+
+
+async def test_a_model_that_cannot_fit_fails_clearly(store: Store) -> None:
+    sched = Scheduler(envconfig.Config.from_env({"HOME": "/tmp"}))
+    sched.memory_available = lambda: 1 << 20
+    async with trio.open_nursery() as nursery:
+        await nursery.start(sched.run)
+        with pytest.raises(ApplianceError, match=r"model requires more system memory \(.* GiB\) than is available"):
+            await sched.load(store.get(parse_name("smol")), {}, None)
+        nursery.cancel_scope.cancel()
+
+
+async def test_queue_limit_is_immediate(store: Store) -> None:
+    sched = Scheduler(envconfig.Config.from_env({"HOME": "/tmp", "OLLAMA_MAX_QUEUE": "1"}))
+    smol = store.get(parse_name("smol"))
+    async with trio.open_nursery() as nursery:
+        await nursery.start(sched.run)
+        async with sched.use(smol, {}, None):
+            sched.waiting = 1  # one request already waiting for the slot
+            with trio.fail_after(1), pytest.raises(ServerBusy):
+                async with sched.use(smol, {}, None):
+                    pass
+            sched.waiting = 0
+        nursery.cancel_scope.cancel()
