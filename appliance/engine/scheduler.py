@@ -22,6 +22,7 @@ from typing import Any
 import trio
 
 from appliance import envconfig
+from appliance.engine import gpu
 from appliance.engine.process import LoadOptions, RunnerProcess
 from appliance.errors import ApplianceError, RunnerError, ServerBusy
 from appliance.store.gguf import GGUFInfo, read_gguf
@@ -49,6 +50,15 @@ class Loaded:
     last_used: float = field(default_factory=time.monotonic)
     scope: trio.CancelScope | None = None
     gone: trio.Event = field(default_factory=trio.Event)
+    n_layers: int = 0
+
+    @property
+    def vram_bytes(self) -> int:
+        """The estimated share in VRAM: offloaded layers over all layers (+1 for the output)."""
+        if self.options.num_gpu <= 0:
+            return 0
+        layers = max(self.n_layers, self.options.num_gpu - 1) + 1
+        return int(self.estimated_bytes * min(1.0, self.options.num_gpu / layers))
 
     @property
     def context_length(self) -> int:
@@ -89,9 +99,10 @@ def estimate_bytes(info: GGUFInfo, file_size: int, options: LoadOptions) -> int:
 class Scheduler:
     """Owns every runner; see the module docstring."""
 
-    def __init__(self, cfg: envconfig.Config, threads: int | None = None) -> None:
+    def __init__(self, cfg: envconfig.Config, system: gpu.SystemInfo | None = None) -> None:
         self.cfg = cfg
-        self.threads = threads or _physical_cores()
+        self.system = system
+        self.threads = (system.threads if system else 0) or _physical_cores()
         self.loaded: list[Loaded] = []
         self.waiting = 0
         self._nursery: trio.Nursery | None = None
@@ -143,13 +154,29 @@ class Scheduler:
             num_parallel=max(1, self.cfg.num_parallel),
             num_batch=max(1, int(merged.get("num_batch") or 512)),
             num_thread=int(merged.get("num_thread") or 0) or self.threads,
-            num_gpu=0 if int(merged.get("num_gpu", -1)) < 0 else int(merged["num_gpu"]),
+            num_gpu=self._num_gpu(info, model, int(merged.get("num_gpu", -1)), num_ctx),
             main_gpu=int(merged.get("main_gpu") or 0),
             use_mmap=merged.get("use_mmap") is not False,
             flash_attention="auto" if fa is None else ("on" if fa else "off"),
             kv_cache_type=self.cfg.kv_cache_type or "",
             adapters=tuple(str(p) for p in model.adapter_paths),
         )
+
+    def _num_gpu(self, info: GGUFInfo, model: Model, requested: int, num_ctx: int) -> int:
+        """Layers to offload: what the request asks for, else what fits in free VRAM (0 on CPU)."""
+        gpus = self.system.gpus if self.system else ()
+        if not gpus:
+            return 0
+        n_layers = info.block_count or 0
+        full = estimate_bytes(info, 0, LoadOptions("", num_ctx, max(1, self.cfg.num_parallel), 512, 1, 0, 0,
+                                                   True, "auto", self.cfg.kv_cache_type or ""))
+        graph = (64 << 20) + 512 * 4 * 2 * (len(info.metadata.get("tokenizer.ggml.tokens") or []) or 32000)
+        kv_per_layer = max(0, full - graph) // max(1, n_layers)
+        size = os.path.getsize(model.model_path) if model.model_path else 0
+        return gpu.layers_to_offload(model_bytes=size, n_layers=n_layers, kv_bytes_per_layer=kv_per_layer,
+                                     graph_overhead_bytes=graph, gpus=gpus,
+                                     gpu_overhead_bytes=self.cfg.gpu_overhead_bytes,
+                                     requested=None if requested < 0 else requested)
 
     async def gguf(self, model: Model) -> GGUFInfo:
         if model.model_path is None:
@@ -243,7 +270,9 @@ class Scheduler:
             file_size = os.path.getsize(wanted.model_path)
             need = estimate_bytes(info, file_size, wanted)
             await self._make_room(need)
-            return await self._start(model, wanted, need)
+            loaded = await self._start(model, wanted, need)
+            loaded.n_layers = info.block_count or 0
+            return loaded
 
     async def _make_room(self, need: int) -> None:
         max_loaded = self.cfg.max_loaded_models or 3

@@ -19,6 +19,7 @@ from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 from appliance import OLLAMA_COMPAT_VERSION, __version__, envconfig
+from appliance.engine import gpu
 from appliance.engine.scheduler import Scheduler
 from appliance.errors import ApplianceError
 from appliance.server import models, native
@@ -41,7 +42,7 @@ def create_app(cfg: envconfig.Config, store: Store | None = None) -> QuartTrio:
     app.json.ensure_ascii = False  # type: ignore[attr-defined]
     app.extensions["appliance.config"] = cfg
     app.extensions["appliance.store"] = store or Store(cfg.models_dir)
-    app.extensions["appliance.scheduler"] = Scheduler(cfg)
+    app.extensions["appliance.scheduler"] = scheduler = Scheduler(cfg)
     app.register_blueprint(models.bp)
     app.register_blueprint(native.bp)
 
@@ -51,7 +52,10 @@ def create_app(cfg: envconfig.Config, store: Store | None = None) -> QuartTrio:
         await trio.to_thread.run_sync(st.ensure_dirs)
         if not cfg.noprune:
             await trio.to_thread.run_sync(st.prune)
-        await app.nursery.start(app.extensions["appliance.scheduler"].run)
+        scheduler.system = await trio.to_thread.run_sync(gpu.discover)
+        scheduler.threads = scheduler.system.threads or scheduler.threads
+        log.info(gpu.describe(scheduler.system))
+        await app.nursery.start(scheduler.run)
 
     @app.before_request
     async def guard() -> Response | None:

@@ -321,7 +321,7 @@ async def ps() -> dict[str, Any]:
                 "digest": model.digest,
                 "details": details_from_config(model.config, model.stored.manifest).to_json(),
                 "expires_at": (loaded.expires_at or datetime.now(UTC)).astimezone().isoformat(),
-                "size_vram": 0,
+                "size_vram": loaded.vram_bytes,
                 "context_length": loaded.context_length,
             }
         )

@@ -8,6 +8,7 @@ import pytest
 import trio
 
 from appliance import envconfig
+from appliance.engine import gpu
 from appliance.engine.scheduler import Scheduler, estimate_bytes
 from appliance.errors import ApplianceError, ServerBusy
 from appliance.store import create as creating
@@ -71,3 +72,22 @@ async def test_queue_limit_is_immediate(store: Store) -> None:
                     pass
             sched.waiting = 0
         nursery.cancel_scope.cancel()
+
+
+def _system(*free_gib: float) -> gpu.SystemInfo:
+    gpus = tuple(gpu.GpuInfo("cuda", f"GPU-{i}", "NVIDIA Test", int(24 * 2**30), int(f * 2**30), "550.0", "8.6",
+                             False) for i, f in enumerate(free_gib))
+    return gpu.SystemInfo("test cpu", ("avx2",), 8, 64 << 30, 32 << 30, gpus)
+
+
+async def test_offload_follows_free_vram_and_requests(store: Store) -> None:
+    smol = store.get(parse_name("smol"))
+    cfg = envconfig.Config.from_env({"HOME": "/tmp"})
+    info = await Scheduler(cfg).gguf(smol)
+    layers = info.block_count
+    assert Scheduler(cfg, system=_system()).load_options(smol, {}, info).num_gpu == 0  # CPU only
+    assert Scheduler(cfg, system=_system(20)).load_options(smol, {}, info).num_gpu == layers + 1
+    partial = Scheduler(cfg, system=_system(0.79)).load_options(smol, {}, info).num_gpu
+    assert 0 < partial <= layers
+    assert Scheduler(cfg, system=_system(20)).load_options(smol, {"num_gpu": 5}, info).num_gpu == 5
+    assert Scheduler(cfg, system=_system(20)).load_options(smol, {"num_gpu": 0}, info).num_gpu == 0
