@@ -436,7 +436,7 @@ class Runner:
             tokens = self.tokenize(text, True)
             if len(tokens) > limit:
                 if not cmd.get("truncate", True):
-                    raise ValueError("the input length exceeds the context length")
+                    raise BadRequestError("the input length exceeds the context length")
                 tokens = tokens[:limit]
             total += len(tokens)
             llama.llama_memory_clear(llama.llama_get_memory(ctx), True)

@@ -174,24 +174,32 @@ async def build_prompt(gen: Generation, info: GGUFInfo, loaded: Loaded) -> str:
     if len(text) < limit:  # fewer characters than tokens allowed: it fits, no need to count
         return text
     n = await _count(loaded, text)
-    dropped = 0
-    while n > limit:
-        droppable = [i for i, m in enumerate(messages[:-1]) if m.get("role") != "system"]
-        if not droppable:
-            break
-        del messages[droppable[0]]
-        dropped += 1
-        text = _render(gen, info, messages)
-        n = await _count(loaded, text)
-    if dropped:
-        log.info(
-            "truncated %d oldest message(s) of %s to fit num_ctx %d (prompt now %d tokens)",
-            dropped,
-            gen.model.name.display,
-            limit,
-            n,
-        )
-    return text
+    if n <= limit:
+        return text
+    # Drop the fewest oldest non-system messages that make it fit (the last message always stays);
+    # fewer messages never render longer, so a binary search needs only log2(n) tokenizations.
+    droppable = [i for i, m in enumerate(messages[:-1]) if m.get("role") != "system"]
+    if not droppable:
+        return text  # nothing to drop: the runner keeps num_keep tokens and the most recent rest
+
+    def without(k: int) -> list[dict[str, Any]]:
+        gone = set(droppable[:k])
+        return [m for i, m in enumerate(messages) if i not in gone]
+
+    lo, hi = 1, len(droppable)
+    best_text = _render(gen, info, without(hi))
+    best_n = await _count(loaded, best_text)
+    while lo < hi:
+        mid = (lo + hi) // 2
+        candidate = _render(gen, info, without(mid))
+        count = await _count(loaded, candidate)
+        if count <= limit:
+            hi, best_text, best_n = mid, candidate, count
+        else:
+            lo = mid + 1
+    log.info("truncated %d oldest message(s) of %s to fit num_ctx %d (prompt now %d tokens)",
+             hi, gen.model.name.display, limit, best_n)
+    return best_text
 
 
 async def generate(gen: Generation, scheduler: Scheduler) -> AsyncIterator[Chunk]:

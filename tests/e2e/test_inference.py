@@ -284,3 +284,27 @@ def test_client_disconnect_frees_the_slot(make_server, smollm2_gguf):
     r = srv.http().post("/api/generate", json={"model": MODEL, "prompt": "Hi", "stream": False,
                                                "options": {"num_predict": 2}})
     assert r.status_code == 200 and time.monotonic() - t0 < 5
+
+
+def test_embed_without_truncation_refuses_long_input(server):
+    small = {"num_ctx": 256}
+    r = server.http().post("/api/embed", json={"model": MODEL, "input": "word " * 400, "truncate": False,
+                                               "options": small})
+    assert r.status_code == 400 and "exceeds the context length" in r.json()["error"]
+    r = server.http().post("/api/embed", json={"model": MODEL, "input": "word " * 400, "options": small})
+    assert r.status_code == 200 and len(r.json()["embeddings"][0]) == 576
+
+
+def test_long_history_is_truncated_from_the_oldest_messages(server):
+    history = []
+    for i in range(40):
+        history += [{"role": "user", "content": f"Remember fact number {i}: the sky has {i} clouds today."},
+                    {"role": "assistant", "content": f"Noted fact {i}."}]
+    messages = [{"role": "system", "content": "You are terse."}, *history,
+                {"role": "user", "content": "What is the capital of France?"}]
+    r = server.http().post("/api/chat", json={"model": MODEL, "messages": messages, "stream": False,
+                                              "options": {"num_ctx": 512, "temperature": 0, "num_predict": 12}})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["prompt_eval_count"] <= 512 and body["message"]["content"]
+    assert "truncated" in server.log() and "oldest message(s)" in server.log()
