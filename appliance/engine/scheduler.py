@@ -125,6 +125,11 @@ class Scheduler:
             with trio.CancelScope(shield=True):
                 await self.stop_all()
 
+    def close(self) -> None:
+        """Stop serving now: cancels every runner task (their runners are stopped on the way out)."""
+        if self._nursery is not None:
+            self._nursery.cancel_scope.cancel()
+
     async def stop_all(self) -> None:
         for loaded in list(self.loaded):
             await self._unload(loaded)

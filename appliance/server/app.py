@@ -23,6 +23,7 @@ from appliance.engine import gpu
 from appliance.engine.scheduler import Scheduler
 from appliance.errors import ApplianceError
 from appliance.server import models, native
+from appliance.server.requests import body_left_unread
 from appliance.store.local import Store
 
 log = logging.getLogger("appliance.server")
@@ -57,6 +58,10 @@ def create_app(cfg: envconfig.Config, store: Store | None = None) -> QuartTrio:
         log.info(gpu.describe(scheduler.system))
         await app.nursery.start(scheduler.run)
 
+    @app.after_serving
+    async def shutdown() -> None:
+        scheduler.close()
+
     @app.before_request
     async def guard() -> Response | None:
         if not envconfig.host_header_allowed(request.headers.get("Host", ""), cfg):
@@ -72,6 +77,8 @@ def create_app(cfg: envconfig.Config, store: Store | None = None) -> QuartTrio:
 
     @app.after_request
     async def add_cors(response: Response) -> Response:
+        if body_left_unread():  # an early answer (413, 400, a blob we already have)
+            response.headers["Connection"] = "close"
         return _cors(response)
 
     @app.errorhandler(ApplianceError)

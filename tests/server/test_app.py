@@ -1,0 +1,71 @@
+"""The app's middleware in-process: Host-header check, CORS, error shapes, body cap."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from appliance import envconfig
+from appliance.server.app import create_app
+
+
+def _app(tmp_path: Path, **env: str):
+    cfg = envconfig.Config.from_env({"HOME": str(tmp_path), "OLLAMA_MODELS": str(tmp_path / "models"), **env})
+    return create_app(cfg)
+
+
+@pytest.fixture
+async def client(tmp_path):
+    app = _app(tmp_path, OLLAMA_MAX_BODY_BYTES="1024")
+    async with app.test_app() as test_app:
+        yield test_app.test_client()
+
+
+async def test_root_and_version(client):
+    r = await client.get("/")
+    assert r.status_code == 200 and await r.get_data(as_text=True) == "Ollama is running"
+    assert (await client.head("/")).status_code == 200
+    body = await (await client.get("/api/version")).get_json()
+    assert body["version"].count(".") == 2
+
+
+@pytest.mark.parametrize("host", ["evil.example.com", "evil.example.com:11434", "1.2.3.4.nip.io"])
+async def test_foreign_host_header_is_refused_on_loopback(client, host):
+    r = await client.get("/api/version", headers={"Host": host})
+    assert r.status_code == 403 and (await r.get_json()) == {"error": "host not allowed"}
+
+
+@pytest.mark.parametrize("host", ["localhost", "127.0.0.1:11434", "[::1]:11434", "app.localhost"])
+async def test_local_host_headers_pass(client, host):
+    assert (await client.get("/api/version", headers={"Host": host})).status_code == 200
+
+
+async def test_cors(client):
+    ok = await client.get("/api/version", headers={"Origin": "http://localhost:3000"})
+    assert ok.status_code == 200 and ok.headers["Access-Control-Allow-Origin"] == "http://localhost:3000"
+    bad = await client.get("/api/version", headers={"Origin": "http://evil.example.com"})
+    assert bad.status_code == 403
+    pre = await client.options("/api/chat", headers={"Origin": "http://127.0.0.1:8080",
+                                                     "Access-Control-Request-Method": "POST",
+                                                     "Access-Control-Request-Headers": "content-type"})
+    assert pre.status_code == 204 and "POST" in pre.headers["Access-Control-Allow-Methods"]
+    assert pre.headers["Access-Control-Allow-Headers"] == "content-type"
+
+
+async def test_extra_origins_from_env(tmp_path):
+    app = _app(tmp_path, OLLAMA_ORIGINS="https://webui.example.org")
+    async with app.test_app() as test_app:
+        r = await test_app.test_client().get("/api/tags", headers={"Origin": "https://webui.example.org"})
+        assert r.status_code == 200
+
+
+async def test_errors_have_ollama_shape(client):
+    r = await client.get("/api/nope")
+    assert r.status_code == 404 and (await r.get_json()) == {"error": "404 page not found"}
+    r = await client.post("/api/show", data="{not json", headers={"Content-Type": "application/json"})
+    assert r.status_code == 400 and "invalid JSON" in (await r.get_json())["error"]
+    r = await client.post("/api/show", data="x" * 2000)
+    assert r.status_code == 413 and "larger than 1024 bytes" in (await r.get_json())["error"]
+    r = await client.get("/api/show")
+    assert r.status_code == 405 and "error" in (await r.get_json())
