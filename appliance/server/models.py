@@ -15,7 +15,7 @@ from quart import Blueprint, Response, current_app, request
 from appliance import OLLAMA_COMPAT_VERSION, __version__
 from appliance.api.options import format_parameters
 from appliance.errors import BadRequest, BlobNotFound, ModelNotFound
-from appliance.server.requests import read_json, require_str, stream_flag
+from appliance.server.requests import mark_body_read, read_json, require_str, stream_flag
 from appliance.server.streaming import job_response
 from appliance.store import create as creating
 from appliance.store.blobs import parse_digest
@@ -148,7 +148,11 @@ async def delete() -> Response:
     return Response(b"", status=200)
 
 
-@bp.route("/api/blobs/<digest>", methods=["HEAD"])
+# ``path`` (not the default converter) so that a digest holding "/" or "%2F" still reaches
+# parse_digest and gets its 400, instead of the router's 404; "/api/blobs" too, rather than
+# Werkzeug's HTML redirect to "/api/blobs/".
+@bp.route("/api/blobs/", defaults={"digest": ""}, methods=["HEAD"], strict_slashes=False)
+@bp.route("/api/blobs/<path:digest>", methods=["HEAD"])
 async def head_blob(digest: str) -> Response:
     store = get_store()
     if not await trio.to_thread.run_sync(store.blobs.exists, parse_digest(digest)):
@@ -156,7 +160,8 @@ async def head_blob(digest: str) -> Response:
     return Response(b"", status=200)
 
 
-@bp.post("/api/blobs/<digest>")
+@bp.post("/api/blobs/", defaults={"digest": ""}, strict_slashes=False)
+@bp.post("/api/blobs/<path:digest>")
 async def push_blob(digest: str) -> Response:
     expected = parse_digest(digest)
     store = get_store()
@@ -171,11 +176,15 @@ async def push_blob(digest: str) -> Response:
             if len(buffer) >= UPLOAD_CHUNK:
                 await trio.to_thread.run_sync(writer.write, bytes(buffer))
                 buffer.clear()
+        mark_body_read()
         if buffer:
             await trio.to_thread.run_sync(writer.write, bytes(buffer))
         await trio.to_thread.run_sync(writer.commit)
     finally:
-        await trio.to_thread.run_sync(writer.abort)  # no-op after a successful commit
+        # Shielded: a client that disconnects mid-upload cancels this handler, and the temp file
+        # must still go.  No-op after a successful commit.
+        with trio.CancelScope(shield=True):
+            await trio.to_thread.run_sync(writer.abort)
     return Response(b"", status=201)
 
 

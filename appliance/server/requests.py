@@ -19,7 +19,24 @@ async def read_body(limit: int) -> bytes:
         data += chunk
         if len(data) > limit:
             raise PayloadTooLarge(f"request body larger than {limit} bytes")
+    mark_body_read()
     return bytes(data)
+
+
+def mark_body_read() -> None:
+    """Record that the request body was read to its end (see :func:`body_left_unread`)."""
+    request._appliance_body_read = True  # type: ignore[attr-defined]
+
+
+def body_left_unread() -> bool:
+    """True if the request carries a body that no handler read to its end.
+
+    The server must then close the connection after its response: Hypercorn does so anyway, but
+    without ``Connection: close`` a keep-alive client reuses the dead connection and hangs.
+    """
+    chunked = "chunked" in request.headers.get("Transfer-Encoding", "").lower()
+    has_body = chunked or (request.content_length or 0) > 0
+    return has_body and not getattr(request, "_appliance_body_read", False)
 
 
 async def read_json() -> dict[str, Any]:
@@ -37,6 +54,10 @@ async def read_json() -> dict[str, Any]:
     except json.JSONDecodeError as exc:
         where = f"line {exc.lineno} column {exc.colno}"
         raise BadRequest(f"invalid JSON in request body: {exc.msg} at {where}") from exc
+    except RecursionError as exc:
+        raise BadRequest("invalid JSON in request body: nested too deeply") from exc
+    except ValueError as exc:  # e.g. an integer past Python's 4300-digit conversion limit
+        raise BadRequest(f"invalid JSON in request body: {exc}") from exc
     if not isinstance(body, dict):
         raise BadRequest("request body must be a JSON object")
     request._appliance_json = body  # type: ignore[attr-defined]
