@@ -12,7 +12,8 @@ Server -> runner (stdin):
 Runner -> server (stdout; the runner's real stdout, every other output goes to stderr):
     {"event": "ready", "n_ctx": 8192, "n_ctx_slot": 2048, "n_parallel": 4, "n_ctx_train": 8192, ...}
     {"id": 7, "event": "token", "text": "Hel"}
-    {"id": 7, "event": "done", "done_reason": "stop"|"length"|"cancel", "prompt_eval_count": 12,
+    {"id": 7, "event": "done", "done_reason": "stop"|"length"|"cancel", "stop_sequence": str|null,
+     "prompt_eval_count": 12,
      "prompt_eval_duration": ns, "eval_count": 40, "eval_duration": ns, "prompt_cached": 4,
      "truncated": false}
     {"id": 8, "event": "result", ...payload}

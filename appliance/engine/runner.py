@@ -53,6 +53,7 @@ class Slot:
     cancelled: bool = False
     truncated: bool = False
     last_used: float = 0.0
+    matched_stop: str | None = None  # the stop string that ended the reply, reported in "done"
 
     @property
     def busy(self) -> bool:
@@ -260,6 +261,7 @@ class Runner:
         slot.t_prompt_done = 0.0
         slot.cancelled = False
         slot.truncated = truncated
+        slot.matched_stop = None
 
     def _finish(self, slot: Slot, reason: str, events: list[dict[str, Any]]) -> None:
         now = time.perf_counter()
@@ -278,6 +280,7 @@ class Runner:
                 "eval_duration": int((now - prompt_done) * 1e9),
                 "prompt_cached": slot.n_cached,
                 "truncated": slot.truncated,
+                "stop_sequence": slot.matched_stop,
             }
         )
         if slot.sampler is not None:
@@ -395,6 +398,7 @@ class Runner:
                 at = text.find(stop)
                 if at >= 0:
                     slot.held = text[:at]
+                    slot.matched_stop = stop
                     self._finish(slot, "stop", events)
                     return
             hold = _partial_stop_suffix(text, slot.stops)
