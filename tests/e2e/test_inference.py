@@ -211,7 +211,7 @@ def test_parallel_streams_interleave_and_beat_serial(make_server, smollm2_gguf):
     # Interleaved: every stream produced tokens before any of them finished.
     first_finish = min(t[-1] for t in results)
     assert all(t[0] < first_finish for t in results)
-    assert parallel_rate > serial_rate * 1.1, (parallel_rate, serial_rate)
+    assert parallel_rate > serial_rate * 1.05, (parallel_rate, serial_rate)
 
 
 def test_bounded_queue_answers_503_and_drops_nothing(make_server, smollm2_gguf):
