@@ -181,7 +181,8 @@ class Runner:
         if repeat_last_n < 0:
             repeat_last_n = self.n_ctx_slot
         if repeat_last_n and (repeat_penalty != 1.0 or presence or frequency):
-            add(llama.llama_sampler_init_penalties(repeat_last_n, repeat_penalty, frequency, presence))
+            n_vocab = llama.llama_vocab_n_tokens(self.vocab)
+            add(llama.llama_sampler_init_penalties(n_vocab, repeat_last_n, repeat_penalty, frequency, presence))
         temperature = float(opts.get("temperature", 0.8))
         if temperature <= 0:
             add(llama.llama_sampler_init_greedy())

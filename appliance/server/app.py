@@ -22,7 +22,7 @@ from appliance import OLLAMA_COMPAT_VERSION, __version__, envconfig
 from appliance.engine import gpu
 from appliance.engine.scheduler import Scheduler
 from appliance.errors import ApplianceError
-from appliance.server import models, native
+from appliance.server import anthropic, models, native, openai
 from appliance.server.requests import body_left_unread
 from appliance.store.local import Store
 
@@ -46,6 +46,8 @@ def create_app(cfg: envconfig.Config, store: Store | None = None) -> QuartTrio:
     app.extensions["appliance.scheduler"] = scheduler = Scheduler(cfg)
     app.register_blueprint(models.bp)
     app.register_blueprint(native.bp)
+    app.register_blueprint(openai.bp)
+    app.register_blueprint(anthropic.bp)
 
     @app.before_serving
     async def startup() -> None:
@@ -56,6 +58,7 @@ def create_app(cfg: envconfig.Config, store: Store | None = None) -> QuartTrio:
         scheduler.system = await trio.to_thread.run_sync(gpu.discover)
         scheduler.threads = scheduler.system.threads or scheduler.threads
         log.info(gpu.describe(scheduler.system))
+        app.nursery.start_soon(_log_llama_backend)
         await app.nursery.start(scheduler.run)
 
     @app.after_serving
@@ -137,10 +140,24 @@ def _hypercorn_config(cfg: envconfig.Config) -> HypercornConfig:
 def startup_banner(cfg: envconfig.Config) -> str:
     import distro
 
+    from appliance._build import FLAVOR
+
     host, port = cfg.host.bind
     os_name = distro.name(pretty=True) or platform.system()
-    return (f"ollama-appliance {__version__} (Ollama API {OLLAMA_COMPAT_VERSION}) listening on "
-            f"{host}:{port}; models in {cfg.models_dir}; OS {os_name}; Python {platform.python_version()}")
+    return (f"ollama-appliance {__version__} ({FLAVOR} build, Ollama API {OLLAMA_COMPAT_VERSION}) "
+            f"listening on {host}:{port}; models in {cfg.models_dir}; OS {os_name}; "
+            f"Python {platform.python_version()}")
+
+
+async def _log_llama_backend() -> None:
+    """Log llama.cpp's backends and CPU features; off the start-up path (a GPU build may init its driver)."""
+    from appliance._build import FLAVOR, llama_system_info
+
+    try:
+        info = await trio.to_thread.run_sync(llama_system_info, abandon_on_cancel=True)
+    except OSError as exc:
+        info = f"cannot load llama.cpp: {exc}"
+    log.info("llama.cpp backend (%s build): %s", FLAVOR, info)
 
 
 async def serve(cfg: envconfig.Config, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:

@@ -48,6 +48,7 @@ class Generation:
     keep_alive_s: float | None = None
     think: bool | str | None = None
     want_context: bool = False
+    stop_sequences: list[str] = field(default_factory=list)  # the caller's own, reported when hit
 
 
 @dataclass
@@ -59,6 +60,7 @@ class Chunk:
     done_reason: str | None = None
     metrics: dict[str, Any] = field(default_factory=dict)
     context: list[int] | None = None
+    stop_sequence: str | None = None  # the one of Generation.stop_sequences that ended the reply
 
 
 async def resolve_model(store: Store, name: Any) -> Model:
@@ -221,6 +223,10 @@ async def generate(gen: Generation, scheduler: Scheduler) -> AsyncIterator[Chunk
         thinking = ThinkingParser() if gen.think else None
         tools = ToolCallParser(gen.tools, template) if gen.tools else None
         generated: list[str] = []
+        if gen.stop_sequences:  # the caller's own stops, on top of the model's (the runner names the hit)
+            stops = list(gen.options.get("stop") or [])
+            extra = [s for s in gen.stop_sequences if s not in stops]
+            request["options"] = {**gen.options, "stop": stops + extra}
         async for event in loaded.runner.request(request):
             if event.get("event") == "token":
                 text = str(event.get("text", ""))
@@ -232,7 +238,9 @@ async def generate(gen: Generation, scheduler: Scheduler) -> AsyncIterator[Chunk
                 tail = _flush(thinking, tools)
                 if tail.content or tail.thinking or tail.tool_calls:
                     yield tail
-                final = Chunk(done=True, done_reason=str(event.get("done_reason", "stop")))
+                matched = event.get("stop_sequence")
+                final = Chunk(done=True, done_reason=str(event.get("done_reason", "stop")),
+                              stop_sequence=matched if matched in gen.stop_sequences else None)
                 final.metrics = {
                     "total_duration": time.perf_counter_ns() - t0,
                     "load_duration": t_loaded - t0,
@@ -247,6 +255,13 @@ async def generate(gen: Generation, scheduler: Scheduler) -> AsyncIterator[Chunk
                     ):
                         final.context = list(result.get("tokens") or [])
                 yield final
+
+
+async def count_prompt_tokens(gen: Generation, scheduler: Scheduler) -> int:
+    """How many tokens the whole prompt for ``gen`` takes in the model's tokenizer (loads the model)."""
+    info = await check_capabilities(gen, scheduler)
+    async with scheduler.use(gen.model, gen.options, gen.keep_alive_s) as loaded:
+        return await _count(loaded, _render(gen, info, _chat_messages(gen)))
 
 
 def tool_call_id() -> str:
