@@ -6,6 +6,7 @@ It speaks exactly the public API (so it works against real Ollama too) and turns
 
 from __future__ import annotations
 
+import builtins
 import json
 import os
 from collections.abc import Iterator
@@ -118,3 +119,14 @@ class Client:
 
     def create(self, body: dict[str, Any]) -> Iterator[dict[str, Any]]:
         return self.stream("POST", "/api/create", body)
+
+    def generate(self, body: dict[str, Any]) -> Iterator[dict[str, Any]]:
+        """POST /api/generate; a streamed reply, closed early by closing the iterator."""
+        return self.stream("POST", "/api/generate", body)
+
+    def chat(self, body: dict[str, Any]) -> Iterator[dict[str, Any]]:
+        """POST /api/chat; a streamed reply, closed early by closing the iterator."""
+        return self.stream("POST", "/api/chat", body)
+
+    def ps(self) -> builtins.list[dict[str, Any]]:  # plain `list` here would mean Client.list
+        return list(self._request("GET", "/api/ps").json().get("models") or [])

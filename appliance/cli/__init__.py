@@ -22,7 +22,12 @@ Available Commands:
   serve       Start ollama
   create      Create a model
   show        Show information for a model
+  run         Run a model
+  stop        Stop a running model
+  pull        Pull a model from a registry
+  push        Push a model to a registry
   list        List models
+  ps          List running models
   cp          Copy a model
   rm          Remove a model
   help        Help about any command
@@ -35,7 +40,7 @@ Use "ollama [command] --help" for more information about a command.
 """
 
 #: Public commands, in the order of the help text (pinned by a test).
-COMMANDS = ("serve", "create", "show", "list", "cp", "rm", "help")
+COMMANDS = ("serve", "create", "show", "run", "stop", "pull", "push", "list", "ps", "cp", "rm", "help")
 ALIASES = {"ls": "list", "start": "serve", "delete": "rm"}
 
 
@@ -47,6 +52,14 @@ class _Parser(argparse.ArgumentParser):
 
 def _parser(prog: str, description: str) -> _Parser:
     return _Parser(prog=f"ollama {prog}", description=description)
+
+
+def _env_epilog(parser: argparse.ArgumentParser, *names: str) -> None:
+    from appliance.envconfig import describe
+
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
+    rows = [(k, v) for k, v in describe() if k in names]
+    parser.epilog = "Environment Variables:\n" + "\n".join(f"      {k:<24} {v}" for k, v in rows)
 
 
 def _cmd_serve(argv: Sequence[str]) -> int:
@@ -89,6 +102,65 @@ def _cmd_show(argv: Sequence[str]) -> int:
                          "'--template' can be specified\n")
         return 1
     return run_show(args.model, which[0] if which else None, args.verbose)
+
+
+def _cobra_style(argv: Sequence[str], takes_value: Sequence[str],
+                 optional_value: dict[str, str]) -> list[str]:
+    """Flag values as cobra reads them: ``--keepalive -1s`` takes "-1s" even though it starts with a
+    dash, and a bare optional-value flag (``--think``) never takes the next word."""
+    out: list[str] = []
+    args = iter(argv)
+    for arg in args:
+        if arg == "--":
+            return [*out, arg, *args]
+        if arg in takes_value:
+            value = next(args, None)
+            out.append(arg if value is None else f"{arg}={value}")
+        elif arg in optional_value:
+            out.append(f"{arg}={optional_value[arg]}")
+        else:
+            out.append(arg)
+    return out
+
+
+def _cmd_run(argv: Sequence[str]) -> int:
+    from appliance.cli.run import run_run
+
+    parser = _parser("run", "Run a model")
+    parser.usage = "ollama run MODEL [PROMPT] [flags]"
+    parser.add_argument("model", metavar="MODEL")
+    parser.add_argument("prompt", nargs="*", metavar="PROMPT")
+    parser.add_argument("--format", default="", help="Response format (e.g. json)")
+    parser.add_argument("--hidethinking", action="store_true", help="Hide thinking output (if provided)")
+    parser.add_argument("--insecure", action="store_true", help="Use an insecure registry")
+    parser.add_argument("--keepalive", default="", help="Duration to keep a model loaded (e.g. 5m)")
+    parser.add_argument("--nowordwrap", action="store_true",
+                        help="Don't wrap words to the next line automatically")
+    parser.add_argument("--think", nargs="?", const="true", metavar="string",
+                        help="Enable thinking mode: true/false or high/medium/low for supported models")
+    parser.add_argument("--verbose", action="store_true", help="Show timings for response")
+    _env_epilog(parser, "OLLAMA_EDITOR", "OLLAMA_HOST", "OLLAMA_NOHISTORY")
+    args = parser.parse_intermixed_args(_cobra_style(argv, takes_value=("--format", "--keepalive"),
+                                                     optional_value={"--think": "true"}))
+    return run_run(args.model, args.prompt, verbose=args.verbose, format=args.format,
+                   keepalive=args.keepalive, think=args.think, hide_thinking=args.hidethinking,
+                   no_word_wrap=args.nowordwrap, insecure=args.insecure)
+
+
+def _cmd_stop(argv: Sequence[str]) -> int:
+    from appliance.cli.running import run_stop
+
+    parser = _parser("stop", "Stop a running model")
+    parser.add_argument("model", metavar="MODEL")
+    return run_stop(parser.parse_args(argv).model)
+
+
+def _cmd_ps(argv: Sequence[str]) -> int:
+    from appliance.cli.running import run_ps
+
+    parser = _parser("ps", "List running models")
+    parser.add_argument("filters", nargs="*", metavar="MODEL")
+    return run_ps(parser.parse_args(argv).filters)
 
 
 def _cmd_list(argv: Sequence[str]) -> int:
@@ -136,11 +208,38 @@ def _cmd_runner(argv: Sequence[str]) -> int:
     return runner_main(list(argv))
 
 
+def _cmd_pull(argv: Sequence[str]) -> int:
+    from appliance.cli.transfer import run_pull
+
+    parser = _parser("pull", "Pull a model from a registry")
+    parser.add_argument("model", metavar="MODEL")
+    parser.add_argument("--insecure", action="store_true", help="Use an insecure registry")
+    _env_epilog(parser, "OLLAMA_HOST")
+    args = parser.parse_args(argv)
+    return run_pull(args.model, args.insecure)
+
+
+def _cmd_push(argv: Sequence[str]) -> int:
+    from appliance.cli.transfer import run_push
+
+    parser = _parser("push", "Push a model to a registry")
+    parser.add_argument("model", metavar="MODEL")
+    parser.add_argument("--insecure", action="store_true", help="Use an insecure registry")
+    _env_epilog(parser, "OLLAMA_HOST")
+    args = parser.parse_args(argv)
+    return run_push(args.model, args.insecure)
+
+
 HANDLERS: dict[str, Callable[[Sequence[str]], int]] = {
     "serve": _cmd_serve,
     "create": _cmd_create,
     "show": _cmd_show,
+    "run": _cmd_run,
+    "stop": _cmd_stop,
+    "pull": _cmd_pull,
+    "push": _cmd_push,
     "list": _cmd_list,
+    "ps": _cmd_ps,
     "cp": _cmd_cp,
     "rm": _cmd_rm,
     "help": _cmd_help,
@@ -163,7 +262,9 @@ def _version() -> int:
     except (ConnectError, ResponseError):
         print("Warning: could not connect to a running Ollama instance")
         print(f"Warning: client version is {OLLAMA_COMPAT_VERSION}")
-    print(f"ollama-appliance version is {__version__}")
+    from appliance._build import FLAVOR
+
+    print(f"ollama-appliance version is {__version__} ({FLAVOR})")
     return 0
 
 
@@ -182,6 +283,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                          "Run 'ollama --help' for usage.\n")
         return 1
     from appliance.api.client import ConnectError, ResponseError
+    from appliance.errors import ApplianceError
 
     try:
         return handler(args[1:])
@@ -189,6 +291,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         sys.stderr.write("Error: could not connect to ollama server, run 'ollama serve' to start it\n")
         return 1
     except ResponseError as exc:
+        sys.stderr.write(f"Error: {exc}\n")
+        return 1
+    except ApplianceError as exc:  # e.g. an invalid Modelfile, found before anything is sent
         sys.stderr.write(f"Error: {exc}\n")
         return 1
     except KeyboardInterrupt:

@@ -182,7 +182,9 @@ class Runner:
             repeat_last_n = self.n_ctx_slot
         if repeat_last_n and (repeat_penalty != 1.0 or presence or frequency):
             n_vocab = llama.llama_vocab_n_tokens(self.vocab)
-            add(llama.llama_sampler_init_penalties(n_vocab, repeat_last_n, repeat_penalty, frequency, presence))
+            penalties = llama.llama_sampler_init_penalties(n_vocab, repeat_last_n, repeat_penalty, frequency,
+                                                           presence)
+            add(penalties)
         temperature = float(opts.get("temperature", 0.8))
         if temperature <= 0:
             add(llama.llama_sampler_init_greedy())
@@ -514,7 +516,9 @@ class Runner:
             }
         )
         while True:
-            active = any(s.busy for s in self.slots)
+            # Queued completions count as work: a slot freed by a cancel must pick them up
+            # before the loop blocks waiting for new commands.
+            active = any(s.busy for s in self.slots) or bool(self.waiting)
             try:
                 cmd = self.commands.get(block=not active)
             except queue.Empty:

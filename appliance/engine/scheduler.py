@@ -51,6 +51,7 @@ class Loaded:
     scope: trio.CancelScope | None = None
     gone: trio.Event = field(default_factory=trio.Event)
     n_layers: int = 0
+    unloading: bool = False
 
     @property
     def vram_bytes(self) -> int:
@@ -348,20 +349,23 @@ class Scheduler:
             except BaseExceptionGroup:
                 if not started:
                     raise
-                log.warning(
-                    "runner for %s stopped: %s", loaded.model.name.display, loaded.runner.failure_message()
-                )
+                if not loaded.unloading:
+                    log.warning(
+                        "runner for %s stopped: %s", loaded.model.name.display,
+                        loaded.runner.failure_message(),
+                    )
             finally:
                 if loaded in self.loaded:
                     self.loaded.remove(loaded)
                 loaded.gone.set()
                 self._notify()
-        if started and loaded.runner.dead and not scope.cancel_called:
+        if started and loaded.runner.dead and not scope.cancel_called and not loaded.unloading:
             log.warning(
                 "runner for %s exited: %s", loaded.model.name.display, loaded.runner.failure_message()
             )
 
     async def _unload(self, loaded: Loaded) -> None:
+        loaded.unloading = True
         if loaded in self.loaded:
             self.loaded.remove(loaded)
         with trio.CancelScope(shield=True):

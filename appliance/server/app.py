@@ -22,7 +22,7 @@ from appliance import OLLAMA_COMPAT_VERSION, __version__, envconfig
 from appliance.engine import gpu
 from appliance.engine.scheduler import Scheduler
 from appliance.errors import ApplianceError
-from appliance.server import anthropic, models, native, openai
+from appliance.server import anthropic, models, native, openai, transfer
 from appliance.server.requests import body_left_unread
 from appliance.store.local import Store
 
@@ -48,6 +48,7 @@ def create_app(cfg: envconfig.Config, store: Store | None = None) -> QuartTrio:
     app.register_blueprint(native.bp)
     app.register_blueprint(openai.bp)
     app.register_blueprint(anthropic.bp)
+    app.register_blueprint(transfer.bp)
 
     @app.before_serving
     async def startup() -> None:

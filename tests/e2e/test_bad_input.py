@@ -327,7 +327,6 @@ def test_invalid_modelfile_fails_in_the_cli(srv: Server, text: str, line: int | 
         assert f"line {line}: {reason}" in proc.stderr
 
 
-@pytest.mark.xfail(strict=True, reason="appliance/cli main() lets InvalidModelfile escape as a traceback")
 def test_invalid_modelfile_error_is_one_clean_line(srv: Server) -> None:
     proc = _create_from_modelfile(srv, "FROM {gguf}\nBOGUS x\n")
     assert proc.stderr.startswith("Error: line 2: unknown instruction 'BOGUS'"), proc.stderr

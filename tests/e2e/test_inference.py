@@ -308,3 +308,20 @@ def test_long_history_is_truncated_from_the_oldest_messages(server):
     body = r.json()
     assert body["prompt_eval_count"] <= 512 and body["message"]["content"]
     assert "truncated" in server.log() and "oldest message(s)" in server.log()
+
+
+def test_request_right_after_a_cancelled_stream_is_served(make_server, smollm2_gguf):
+    """A cancel and the next completion arriving together must not strand the second one."""
+    srv = make_server(OLLAMA_NUM_PARALLEL="1")
+    srv.import_smollm2(smollm2_gguf)
+    body = {"model": MODEL, "messages": [{"role": "user", "content": "Write a long essay about rivers."}],
+            "options": {"num_predict": 300}}
+    for _ in range(3):
+        with httpx.stream("POST", f"{srv.url}/api/chat", json=body, timeout=60) as r:
+            for i, _line in enumerate(r.iter_lines()):
+                if i == 5:
+                    break
+        r = httpx.post(f"{srv.url}/api/chat", timeout=60, json={
+            "model": MODEL, "stream": False, "messages": [{"role": "user", "content": "Hi"}],
+            "options": {"num_predict": 3}})
+        assert r.status_code == 200 and r.json()["done"]

@@ -75,7 +75,7 @@ async def test_queue_limit_is_immediate(store: Store) -> None:
 
 
 def _system(*free_gib: float) -> gpu.SystemInfo:
-    gpus = tuple(gpu.GpuInfo("cuda", f"GPU-{i}", "NVIDIA Test", int(24 * 2**30), int(f * 2**30), "550.0", "8.6",
+    gpus = tuple(gpu.GpuInfo("cuda", f"GPU-{i}", "NVIDIA Test", 24 * 2**30, int(f * 2**30), "550.0", "8.6",
                              False) for i, f in enumerate(free_gib))
     return gpu.SystemInfo("test cpu", ("avx2",), 8, 64 << 30, 32 << 30, gpus)
 
