@@ -16,6 +16,7 @@ ensure_test_tools() {
     command -v shellcheck >/dev/null 2>&1 || missing="$missing shellcheck"
     command -v debootstrap >/dev/null 2>&1 || [ -x /usr/sbin/debootstrap ] || missing="$missing debootstrap"
     command -v systemd-analyze >/dev/null 2>&1 || missing="$missing systemd"
+    [ -f /usr/include/zlib.h ] || missing="$missing zlib1g-dev"
     [ -n "$missing" ] || return 0
     sudo=
     if [ "$(id -u)" -ne 0 ]; then

@@ -264,7 +264,7 @@ def _version() -> int:
         print(f"Warning: client version is {OLLAMA_COMPAT_VERSION}")
     from appliance._build import FLAVOR
 
-    print(f"ollama-appliance version is {__version__} ({FLAVOR})")
+    print(f"ollama-appliance version is {__version__} ({FLAVOR} build)")
     return 0
 
 
