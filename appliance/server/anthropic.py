@@ -19,8 +19,7 @@ import logging
 from collections.abc import AsyncIterator
 from typing import Any
 
-from quart import Blueprint, request
-from werkzeug.exceptions import HTTPException
+from quart import Blueprint
 
 from appliance.errors import ApplianceError
 from appliance.server import compat, inference
@@ -49,24 +48,7 @@ def _error(exc: ApplianceError) -> tuple[dict[str, Any], int]:
     return error_body(exc), exc.status
 
 
-@bp.errorhandler(ApplianceError)
-async def appliance_error(exc: ApplianceError) -> tuple[dict[str, Any], int]:
-    if exc.status >= 500:
-        log.error("%s %s: %s", request.method, request.path, exc)
-    return _error(exc)
-
-
-@bp.errorhandler(HTTPException)
-async def http_error(exc: HTTPException) -> tuple[dict[str, Any], int]:
-    error = ApplianceError(exc.description or exc.name)
-    error.status = exc.code or 500
-    return _error(error)
-
-
-@bp.errorhandler(Exception)
-async def unexpected(exc: Exception) -> tuple[dict[str, Any], int]:
-    log.exception("unhandled error in %s %s", request.method, request.path)
-    return _error(ApplianceError(f"internal error: {exc}"))
+compat.register_error_handlers(bp, error_body)
 
 
 # -- request -> Generation ----------------------------------------------------------------------

@@ -255,3 +255,33 @@ async def sse_response(
     response = Response(body(), content_type=SSE)
     response.headers["Cache-Control"] = "no-cache"
     return response
+
+
+def register_error_handlers(bp: Any, error_body: Any) -> None:
+    """Answer every error under ``bp`` in its API family's shape (``error_body(exc)``)."""
+    import logging
+
+    from quart import request
+    from werkzeug.exceptions import HTTPException
+
+    from appliance.errors import ApplianceError
+
+    log = logging.getLogger(f"appliance.server.{bp.name}")
+
+    @bp.errorhandler(ApplianceError)
+    async def appliance_error(exc: ApplianceError) -> tuple[dict[str, Any], int]:
+        if exc.status >= 500:
+            log.error("%s %s: %s", request.method, request.path, exc)
+        return error_body(exc), exc.status
+
+    @bp.errorhandler(HTTPException)
+    async def http_error(exc: HTTPException) -> tuple[dict[str, Any], int]:
+        error = ApplianceError(exc.description or exc.name)
+        error.status = exc.code or 500
+        return error_body(error), error.status
+
+    @bp.errorhandler(Exception)
+    async def unexpected(exc: Exception) -> tuple[dict[str, Any], int]:
+        log.exception("unhandled error in %s %s", request.method, request.path)
+        error = ApplianceError(f"internal error: {exc}")
+        return error_body(error), error.status
