@@ -101,7 +101,8 @@ class LlamaServer(Target):
                       lambda obj: bool(obj.get("content")), sse=True)
 
 
-def _timed(cm: contextlib.AbstractContextManager[httpx.Response], is_token: object, sse: bool = False) -> Stream:
+def _timed(cm: contextlib.AbstractContextManager[httpx.Response], is_token: object,
+           sse: bool = False) -> Stream:
     t0 = time.perf_counter()
     first = last = 0.0
     tokens = 0

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+import subprocess
+import sys
 from pathlib import Path
 
+from tests.conftest import Server, free_port
 from tests.fixtures.tiny_gguf import write_tiny_llama
 
 MEDIA = "application/vnd.ollama.image."
@@ -199,3 +202,14 @@ def test_tiny_model_path_is_real(tmp_path: Path):
 
     info = read_gguf(write_tiny_llama(tmp_path / "t.gguf"))
     assert info.architecture == "llama" and info.file_type == "F16"
+
+
+def test_cli_ignores_proxy_variables_for_a_local_server(server: Server) -> None:
+    """Like Ollama's CLI (Go's ProxyFromEnvironment skips loopback), a proxy in the environment is not used
+    to reach a server on 127.0.0.1; here the "proxy" is a closed port, so using it would fail."""
+    dead = f"http://127.0.0.1:{free_port()}"
+    env = {**server.env, "HTTP_PROXY": dead, "http_proxy": dead, "ALL_PROXY": dead, "all_proxy": dead}
+    proc = subprocess.run([sys.executable, "-m", "appliance", "list"], env=env, capture_output=True, text=True,
+                          timeout=60, cwd=server.home)
+    assert proc.returncode == 0, proc.stderr
+    assert "smollm2:135m" in proc.stdout
