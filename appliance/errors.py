@@ -17,6 +17,17 @@
      ├── ServerBusy                     503  the request queue is full
      └── RunnerError                    500  a model runner failed or died
 
+The registry client (appliance/store/distribution.py, transfer.py) adds, next to its callers:
+
+    RegistryError (ApplianceError)      502  the registry failed or misbehaved
+     ├── RegistryUnavailable                 network failure, stall or 5xx: retried, then reported
+     └── UnsafeRedirect                      a redirect or upload location the address policy refuses
+    RegistryNotFound (NotFound)         404  no such manifest or blob there
+    RegistryUnauthorized                403  the registry refused our credentials (403, not 401: the
+                                             credentials are the registry's, not this server's)
+    InsecureProtocol (BadRequest)       400  an http:// registry without ``insecure``
+    InsufficientStorage                 507  the pull does not fit on the disk
+
 Lower-layer errors (OSError, httpx, llama.cpp) are translated at the boundary with
 ``raise SomeError(...) from exc``; the server turns every ApplianceError into
 ``{"error": str(exc)}`` with ``exc.status``.

@@ -18,6 +18,8 @@ def run_serve() -> int:
         format="time=%(asctime)s level=%(levelname)s source=%(name)s msg=%(message)s",
         stream=sys.stderr,
     )
+    if not cfg.debug:  # httpx logs every registry request at INFO; pulls log their own progress
+        logging.getLogger("httpx").setLevel(logging.WARNING)
     try:
         trio.run(serve, cfg)
     except OSError as exc:

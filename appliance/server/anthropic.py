@@ -44,9 +44,6 @@ def error_body(exc: ApplianceError) -> dict[str, Any]:
             "request_id": compat.random_id("req_")}
 
 
-def _error(exc: ApplianceError) -> tuple[dict[str, Any], int]:
-    return error_body(exc), exc.status
-
 
 compat.register_error_handlers(bp, error_body)
 

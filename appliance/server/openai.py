@@ -32,9 +32,6 @@ log = logging.getLogger("appliance.server.openai")
 bp = Blueprint("openai", __name__)
 
 
-def _error(exc: ApplianceError) -> tuple[dict[str, Any], int]:
-    return oc.error_body(exc), exc.status
-
 
 compat.register_error_handlers(bp, oc.error_body)
 

@@ -193,13 +193,18 @@ class ManifestStore:
 
     def write(self, name: Name, manifest: Manifest) -> Path:
         """Atomically write ``manifest`` for ``name``, replacing any differently-cased twin."""
+        return self.write_bytes(name, manifest.to_bytes())
+
+    def write_bytes(self, name: Name, data: bytes) -> Path:
+        """Atomically write ``data`` byte for byte as ``name``'s manifest (a pull keeps the registry's
+        bytes, so its digest stays the registry's), replacing any differently-cased twin."""
         target = self._exact_path(name)
         twin = self.find_path(name)
         target.parent.mkdir(parents=True, exist_ok=True)
         tmp = target.parent / f".tmp-{secrets.token_hex(8)}"
         try:
             with open(tmp, "xb") as f:
-                f.write(manifest.to_bytes())
+                f.write(data)
                 f.flush()
                 os.fsync(f.fileno())
             os.chmod(tmp, 0o644)

@@ -18,8 +18,6 @@ The HTTP side lives in :mod:`appliance.store.distribution`, the blob movers in
 from __future__ import annotations
 
 import logging
-import os
-import secrets
 from collections.abc import Callable
 from typing import Any
 
@@ -178,21 +176,7 @@ def write_manifest_bytes(store: Store, name: Name, data: bytes) -> None:
     if len(data) > MAX_MANIFEST_BYTES:
         raise RegistryError("manifest too large")
     with store.lock:
-        target = store.manifests.root.joinpath(*name.parts())
-        twin = store.manifests.find_path(name)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = target.parent / f".tmp-{secrets.token_hex(8)}"
-        try:
-            with open(tmp, "xb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-            os.chmod(tmp, 0o644)
-            os.replace(tmp, target)
-        finally:
-            tmp.unlink(missing_ok=True)
-        if twin is not None and twin != target:
-            twin.unlink(missing_ok=True)  # a differently-cased copy of the same name
+        store.manifests.write_bytes(name, data)
 
 
 def _remove_unreferenced(store: Store, candidates: set[str]) -> None:
