@@ -5,7 +5,7 @@
 #   docker-registry  a real OCI registry for the pull/push tests (tests/e2e/test_registry.py, bench/)
 #   curl             bench/bench_pull.py
 #   ShellCheck       lints installer/*.sh and wsl/*.sh (tests/installer/test_scripts.py)
-#   debootstrap      builds the throw-away Debian root of tests/installer and tests/build
+#   debootstrap      builds the throw-away Debian root of tests/installer and tests/binary
 #   systemd          for systemd-analyze, which verifies the unit and override install.sh writes
 # Quick when everything is present; without apt (or root/sudo) it only says what is missing.
 

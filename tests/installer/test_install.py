@@ -20,6 +20,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from tests.fixtures.onefile import ensure_binary
 from tests.installer.checks import (
     BEGIN,
     CHROOT_PATH,
@@ -36,7 +37,7 @@ from tests.installer.checks import (
     override_block,
     verify_unit,
 )
-from tests.installer.debian_root import FAKE_BIN, INSTALLER, REPO, Machine, make_release, unmount_below
+from tests.installer.debian_root import FAKE_BIN, INSTALLER, Machine, make_release, unmount_below
 
 pytestmark = [pytest.mark.chroot, pytest.mark.timeout(300)]
 
@@ -444,13 +445,13 @@ def test_bad_settings_are_refused_before_anything_changes(machine: Machine, args
 # --- the real binary -------------------------------------------------------------------------------
 
 
-def real_binary() -> Path | None:
+def real_binary() -> Path:
+    """OLLAMA_APPLIANCE_BINARY if set, else dist/ollama (built now if missing or stale)."""
     if chosen := os.environ.get("OLLAMA_APPLIANCE_BINARY"):
         path = Path(chosen)
         assert path.is_file(), f"OLLAMA_APPLIANCE_BINARY={chosen} does not exist"
         return path
-    built = REPO / "dist" / "ollama"
-    return built if built.is_file() else None
+    return ensure_binary()
 
 
 def free_port() -> int:
@@ -462,9 +463,6 @@ def free_port() -> int:
 def test_installed_binary_serves(machine: Machine) -> None:
     """The one-file binary from the PyInstaller build, installed and run as the service runs it."""
     binary = real_binary()
-    if binary is None:
-        pytest.skip("REAL BINARY NOT TESTED: no dist/ollama (build it with PyInstaller) and no "
-                    "OLLAMA_APPLIANCE_BINARY; only the fake release binaries were installed")
     make_release(machine.path("/srv/real"), "real", arches=("amd64",), flavors=("cpu",),
                  binary=binary.read_bytes())
     port = free_port()

@@ -1,7 +1,8 @@
 """The one-file ``ollama`` binary: its launcher on this machine, then the real thing in a bare Debian.
 
-The binary is built once per run with scripts/build-binary.sh (about 3 minutes once the llama.cpp
-wheel is cached), or reused when dist/ollama is newer than everything that goes into it.
+The binary is built once per run (tests/fixtures/onefile.py), or reused when dist/ollama is newer than
+everything that goes into it.  (This folder is not called ``build``: pytest never looks into folders of
+that name, so these tests silently did not run.)
 
 The chroot test is the proof that the file needs nothing installed: a ``debootstrap --variant=minbase``
 root has no Python, no compiler and no pip.  It is skipped, loudly, only where this machine can never
@@ -26,6 +27,7 @@ import pytest
 from appliance import __version__
 from appliance.assets.default_model import modelfile
 from tests.conftest import free_port
+from tests.fixtures.onefile import ensure_binary
 from tests.fixtures.tiny_gguf import write_tiny_llama
 from tests.installer.debian_root import (
     BaseBuildError,
@@ -37,39 +39,13 @@ from tests.installer.debian_root import (
     unmount_below,
 )
 
-ROOT = Path(__file__).resolve().parents[2]
-BINARY = ROOT / "dist" / "ollama"
-#: Everything that goes into the binary: it is rebuilt when any of these is newer.
-INPUTS = (ROOT / "appliance", ROOT / "build.spec", ROOT / "pyproject.toml", ROOT / "scripts" / "launcher.c",
-          ROOT / "scripts" / "build-binary.sh")
-
 pytestmark = pytest.mark.timeout(3600)
-
-
-def _newest_input() -> float:
-    newest = 0.0
-    for top in INPUTS:
-        paths = [top] if top.is_file() else [p for p in top.rglob("*") if "__pycache__" not in p.parts]
-        newest = max([newest, *(p.stat().st_mtime for p in paths if p.is_file())])
-    return newest
-
-
-def _is_current() -> bool:
-    return BINARY.is_file() and BINARY.stat().st_mtime > _newest_input()
 
 
 @pytest.fixture(scope="session")
 def binary() -> Path:
     """dist/ollama, built now unless it is newer than all its inputs (one build per CI run)."""
-    if not _is_current():
-        (ROOT / "build").mkdir(exist_ok=True)
-        with open(ROOT / "build" / ".build-binary.lock", "w") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)  # another pytest process may be building it right now
-            if not _is_current():
-                subprocess.run(["sh", str(ROOT / "scripts" / "build-binary.sh"), "cpu"], check=True,
-                               timeout=3000)
-    assert BINARY.is_file()
-    return BINARY
+    return ensure_binary()
 
 
 def run(binary: Path, *args: str, env: dict[str, str], timeout: float = 120) -> subprocess.CompletedProcess[str]:
