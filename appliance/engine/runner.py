@@ -39,7 +39,8 @@ class Slot:
     cached: list[int] = field(default_factory=list)  # tokens whose KV entries are in the cache
     request_id: int | None = None
     pending: list[int] = field(default_factory=list)  # prompt tokens still to evaluate
-    sampler: Any = None
+    sampler: Any = None  # the sampler chain (penalties, top-k/p, temperature, dist or greedy)
+    grammar: Any = None  # a grammar sampler, kept out of the chain (see Runner._sample_constrained)
     options: dict[str, Any] = field(default_factory=dict)
     stops: tuple[str, ...] = ()
     held: str = ""  # generated text not sent yet: it may be the start of a stop sequence
@@ -111,6 +112,8 @@ class Runner:
         self.load_duration_ns = int((time.perf_counter() - t0) * 1e9)
         self._piece_buf = ctypes.create_string_buffer(256)
         self.can_shift = bool(llama.llama_memory_can_shift(self.mem))
+        self.n_vocab = llama.llama_vocab_n_tokens(self.vocab)
+        self._candidates: Any = None  # numpy llama_token_data[n_vocab], made on first constrained use
         self.add_bos = bool(llama.llama_vocab_get_add_bos(self.vocab))
 
     def _silence_logs(self) -> None:
@@ -160,18 +163,20 @@ class Runner:
 
     # -- requests -------------------------------------------------------------------------------
 
-    def _make_sampler(self, opts: dict[str, Any], grammar: str | None) -> Any:
+    def _make_grammar(self, grammar: str | None) -> Any:
+        if not grammar:
+            return None
+        g = self.llama.llama_sampler_init_grammar(self.vocab, grammar.encode(), b"root")
+        if not g:
+            raise BadRequestError("invalid grammar for structured output")
+        return g
+
+    def _make_sampler(self, opts: dict[str, Any]) -> Any:
         llama = self.llama
         params = llama.llama_sampler_chain_default_params()
         params.no_perf = True
         chain = llama.llama_sampler_chain_init(params)
         add = lambda s: llama.llama_sampler_chain_add(chain, s)  # noqa: E731
-        if grammar:
-            g = llama.llama_sampler_init_grammar(self.vocab, grammar.encode(), b"root")
-            if not g:
-                llama.llama_sampler_free(chain)
-                raise BadRequestError("invalid grammar for structured output")
-            add(g)
         repeat_penalty = float(opts.get("repeat_penalty", 1.0))
         presence, frequency = (
             float(opts.get("presence_penalty", 0.0)),
@@ -235,8 +240,8 @@ class Runner:
             keep = max(0, min(int(opts.get("num_keep", 4)), limit // 2))
             tokens = tokens[:keep] + tokens[len(tokens) - (limit - keep) :]
             truncated = True
-        grammar = _grammar_for(cmd)
-        sampler = self._make_sampler(opts, grammar)
+        grammar = self._make_grammar(_grammar_for(cmd))
+        sampler = self._make_sampler(opts)
         n_common = _common_prefix(slot.cached, tokens)
         if n_common == len(tokens):  # all cached: re-evaluate the last token to get fresh logits
             n_common -= 1
@@ -246,12 +251,13 @@ class Runner:
                 n_common = 0
             del slot.cached[n_common:]
         n_last = int(opts.get("repeat_last_n", 64))
-        if not grammar and n_last:  # penalties see the prompt too; a grammar must not
+        if n_last:  # penalties see the prompt too (the grammar is not in the chain: it sees only output)
             for tok in tokens[-n_last:] if n_last > 0 else tokens:
                 self.llama.llama_sampler_accept(sampler, tok)
         slot.request_id = int(cmd["id"])
         slot.pending = tokens[n_common:]
         slot.sampler = sampler
+        slot.grammar = grammar
         slot.options = opts
         slot.stops = tuple(s for s in (opts.get("stop") or []) if s)
         slot.held = ""
@@ -286,9 +292,7 @@ class Runner:
                 "stop_sequence": slot.matched_stop,
             }
         )
-        if slot.sampler is not None:
-            self.llama.llama_sampler_free(slot.sampler)
-        slot.sampler = None
+        self._free_samplers(slot)
         slot.request_id = None
         slot.pending = []
         slot.last_token = None
@@ -371,16 +375,59 @@ class Runner:
         for slot, idx in outputs:
             if slot.t_prompt_done == 0.0:
                 slot.t_prompt_done = now
-            token = llama.llama_sampler_sample(slot.sampler, self.ctx, idx)
+            if slot.grammar is not None:
+                token = self._sample_constrained(slot, idx)
+            else:
+                token = llama.llama_sampler_sample(slot.sampler, self.ctx, idx)
             self._emit(slot, token, events)
         self.send_many(events)
 
     def _reset_slot(self, slot: Slot) -> None:
         self.llama.llama_memory_seq_rm(self.mem, slot.seq_id, -1, -1)
         slot.cached = []
-        if slot.sampler is not None:
-            self.llama.llama_sampler_free(slot.sampler)
-        slot.sampler, slot.request_id, slot.pending, slot.last_token = None, None, [], None
+        self._free_samplers(slot)
+        slot.request_id, slot.pending, slot.last_token = None, [], None
+
+    def _free_samplers(self, slot: Slot) -> None:
+        for sampler in (slot.sampler, slot.grammar):
+            if sampler is not None:
+                self.llama.llama_sampler_free(sampler)
+        slot.sampler = slot.grammar = None
+
+    def _sample_constrained(self, slot: Slot, idx: int) -> int:
+        """Sample under a grammar the way llama.cpp's own server does: let the chain pick a token from
+        all candidates, check just that token against the grammar, and only if the grammar rejects it
+        apply the grammar to the whole vocabulary and pick again.  Applying the grammar to every
+        candidate at every step (as a chain holding the grammar does) costs milliseconds per token."""
+        import numpy as np
+
+        llama = self.llama
+        if self._candidates is None:
+            self._candidates = np.zeros(self.n_vocab, dtype=[("id", "<i4"), ("logit", "<f4"), ("p", "<f4")])
+            self._ids = np.arange(self.n_vocab, dtype=np.int32)
+        cand = self._candidates
+        logits = np.ctypeslib.as_array(llama.llama_get_logits_ith(self.ctx, idx), shape=(self.n_vocab,))
+
+        def pick(*samplers: Any) -> int:
+            cand["id"] = self._ids
+            cand["logit"] = logits
+            cand["p"] = 0.0
+            array = llama.llama_token_data_array(
+                data=cand.ctypes.data_as(ctypes.POINTER(llama.llama_token_data)),
+                size=self.n_vocab, selected=-1, sorted=False)
+            for sampler in samplers:
+                llama.llama_sampler_apply(sampler, ctypes.byref(array))
+            return int(array.data[array.selected].id)
+
+        token = pick(slot.sampler)
+        single = llama.llama_token_data(id=token, logit=1.0, p=0.0)
+        check = llama.llama_token_data_array(data=ctypes.pointer(single), size=1, selected=-1, sorted=False)
+        llama.llama_sampler_apply(slot.grammar, ctypes.byref(check))
+        if single.logit == float("-inf"):
+            token = pick(slot.grammar, slot.sampler)
+        llama.llama_sampler_accept(slot.grammar, token)
+        llama.llama_sampler_accept(slot.sampler, token)
+        return token
 
     def _add(self, i: int, token: int, pos: int, seq_id: int, logits: bool) -> None:
         b = self.batch
