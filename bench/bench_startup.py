@@ -208,8 +208,8 @@ def report(table: dict[str, dict[str, Timing]], facts: dict[str, str], runs: int
         f"- target: median <= {TARGET_S} s for `ollama -v` and `ollama list` from the one-file binary: "
         f"{'met' if met else 'NOT met'} in this run",
         "- where a client command's CPU goes (profiled): interpreter start ~0.07 s; httpx and the stdlib "
-        "it pulls in (urllib.request, http.client, email) ~0.08 s; loading the CA bundle for the SSL "
-        "context httpx.Client builds even for http:// ~0.05 s; interpreter teardown is skipped "
+        "it pulls in (urllib.request, http.client, email) ~0.08 s; no SSL context or CA bundle for a "
+        "server on a loopback http:// address (that used to cost ~0.05 s); interpreter teardown is skipped "
         "(appliance/boot.py). On a loaded machine wall time exceeds CPU time by the wait for a core.",
         "",
     ]
