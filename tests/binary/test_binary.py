@@ -36,6 +36,7 @@ from tests.installer.debian_root import (
     base_tar,
     check_can_chroot,
     mounts_below,
+    stop_process_group,
     unmount_below,
 )
 
@@ -250,13 +251,7 @@ def test_the_binary_serves_and_answers_in_a_bare_debian_root(binary: Path, bare_
         assert "quantizing" in quantized.output and "success" in quantized.output, quantized
         assert "Q8_0" in box.chroot("ollama", "show", "tiny:q8", env=env).stdout
     finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(server.pid, signal.SIGTERM)
-        try:
-            server.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(server.pid, signal.SIGKILL)
-            server.wait()
+        stop_process_group(server, 30)
         log.close()
     text = box.path("/var/log/ollama.log").read_text(errors="replace")
     assert "llama.cpp backend (cpu build): CPU : " in text and "AVX2 = 1" in text, text[-3000:]

@@ -164,6 +164,17 @@ def mounts_below(path: Path) -> list[str]:
     return found
 
 
+def stop_process_group(proc: subprocess.Popen[bytes], timeout: float) -> None:
+    """SIGTERM ``proc``'s process group (started with ``start_new_session``), SIGKILL it after ``timeout``."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
 def unmount_below(path: Path) -> None:
     for point in sorted(mounts_below(path), key=len, reverse=True):
         subprocess.run(["umount", "-l", point], capture_output=True)

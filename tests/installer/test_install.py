@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
-import signal
 import socket
 import subprocess
 import time
@@ -37,7 +36,14 @@ from tests.installer.checks import (
     override_block,
     verify_unit,
 )
-from tests.installer.debian_root import FAKE_BIN, INSTALLER, Machine, make_release, unmount_below
+from tests.installer.debian_root import (
+    FAKE_BIN,
+    INSTALLER,
+    Machine,
+    make_release,
+    stop_process_group,
+    unmount_below,
+)
 
 pytestmark = [pytest.mark.chroot, pytest.mark.timeout(300)]
 
@@ -497,12 +503,6 @@ def test_installed_binary_serves(machine: Machine) -> None:
         assert stored.status_code == 201, stored.text
         assert machine.owner(f"/srv/ollama-models/blobs/sha256-{digest}") == "ollama"
     finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(server.pid, signal.SIGTERM)
-        try:
-            server.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            os.killpg(server.pid, signal.SIGKILL)
-            server.wait()
+        stop_process_group(server, 15)
         log.close()
         unmount_below(machine.path("/proc"))
