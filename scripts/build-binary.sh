@@ -15,7 +15,9 @@
 #   cpu   portable AVX2/FMA/F16C llama.cpp, no AMX (DESIGN.md decision 4); ~47 MB.
 #   cuda  + GGML_CUDA for CUDA_ARCHITECTURES (default 75;86;89). Bundles the CUDA runtime and cuBLAS
 #         (cuBLASLt alone is ~540 MB); the NVIDIA driver comes from the target. Without a driver or
-#         GPU it runs on the CPU. The wheel takes hours on 2 cores (resumable: scripts/llama-wheel.sh).
+#         GPU it runs on the CPU. The wheel takes hours on 2 cores (resumable: scripts/llama-wheel.sh);
+#         measured 2026-11-22: a 699 MB wheel, a 661 MB binary (1.5 min once the wheel is cached), whose
+#         `serve` logs "failed to initialize CUDA" on a machine without a driver and then answers on the CPU.
 #   rocm  + GGML_HIP for AMDGPU_TARGETS, built with ROCm's clang from ROCM_PATH (default /opt/rocm);
 #         bundles hipBLAS/rocBLAS and rocBLAS's kernel files. Build it on a machine with ROCm
 #         installed (apt repository of AMD, or the rocm/dev-ubuntu images): sh scripts/build-binary.sh rocm
