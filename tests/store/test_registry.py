@@ -385,6 +385,17 @@ async def test_manifest_not_matching_its_docker_content_digest_is_refused(reg, s
     assert_nothing_kept(tmp_path, store)
 
 
+async def pull_peak_memory(store, reg, error: type[Exception], match: str) -> int:
+    """The peak Python memory of a pull that must fail with ``error`` matching ``match``."""
+    tracemalloc.start()
+    try:
+        with pytest.raises(error, match=match):
+            await pull(store, model_name(reg))
+        return tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
 @pytest.mark.parametrize("declared", [True, False])
 async def test_huge_manifest_is_refused_with_bounded_memory(reg, store, tmp_path, declared):
     sent: list[int] = []
@@ -398,14 +409,7 @@ async def test_huge_manifest_is_refused_with_bounded_memory(reg, store, tmp_path
         return False
 
     reg.hook = hook
-    tracemalloc.start()
-    try:
-        with pytest.raises(RegistryError, match="manifest is larger than 4194304 bytes"):
-            await pull(store, model_name(reg))
-        _, peak = tracemalloc.get_traced_memory()
-    finally:
-        tracemalloc.stop()
-    assert peak < 32 << 20
+    assert await pull_peak_memory(store, reg, RegistryError, "manifest is larger than 4194304 bytes") < 32 << 20
     assert_nothing_kept(tmp_path, store)
     for _ in range(50):
         if sent:
@@ -425,14 +429,7 @@ async def test_huge_error_body_is_capped(reg, store, tmp_path):
         return False
 
     reg.hook = hook
-    tracemalloc.start()
-    try:
-        with pytest.raises(RegistryUnavailable, match="500"):
-            await pull(store, model_name(reg))
-        _, peak = tracemalloc.get_traced_memory()
-    finally:
-        tracemalloc.stop()
-    assert peak < 32 << 20
+    assert await pull_peak_memory(store, reg, RegistryUnavailable, "500") < 32 << 20
     assert_nothing_kept(tmp_path, store, sha256(model))
 
 
