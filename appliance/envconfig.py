@@ -606,13 +606,21 @@ def is_loopback_bind(cfg: Config) -> bool:
     return _bind_is_loopback(cfg.host.host)
 
 
-@functools.cache
-def _bind_is_loopback(host: str) -> bool:
+def is_loopback_literal(host: str) -> bool | None:
+    """Whether ``host`` is a loopback address or a ``localhost`` name; None when only DNS can tell."""
     ip = _parse_ip(host)
     if ip is not None or host == "":
         return ip is not None and ip.is_loopback
     if host.lower() == "localhost" or host.lower().endswith(".localhost"):
         return True
+    return None
+
+
+@functools.cache
+def _bind_is_loopback(host: str) -> bool:
+    literal = is_loopback_literal(host)
+    if literal is not None:
+        return literal
     try:
         infos = socket.getaddrinfo(host, None, proto=socket.IPPROTO_TCP)
     except OSError:

@@ -7,7 +7,6 @@ It speaks exactly the public API (so it works against real Ollama too) and turns
 from __future__ import annotations
 
 import builtins
-import ipaddress
 import json
 import os
 from collections.abc import Iterator
@@ -42,21 +41,12 @@ def _raise_for(response: httpx.Response) -> None:
     raise ResponseError(str(message), response.status_code)
 
 
-def _is_loopback(host: str) -> bool:
-    if host.lower() in ("localhost", "localhost."):
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
 class Client:
     def __init__(self, base_url: str | None = None, timeout: float | None = None) -> None:
         self.base_url = (base_url or envconfig.load().host.url).rstrip("/")
         url = httpx.URL(self.base_url)
         local: dict[str, Any] = {}
-        if url.scheme == "http" and _is_loopback(url.host):
+        if url.scheme == "http" and envconfig.is_loopback_literal(url.host):
             # A local server over plain http: never through HTTP(S)_PROXY (Go's ProxyFromEnvironment,
             # which Ollama's CLI uses, skips loopback too), and no TLS, so no CA bundle to load (~50 ms).
             local = {"trust_env": False, "verify": False}
