@@ -23,6 +23,7 @@ from appliance.engine import gpu
 from appliance.engine.scheduler import Scheduler
 from appliance.errors import ApplianceError
 from appliance.server import anthropic, models, native, openai, transfer
+from appliance.server import openapi as openapi_doc
 from appliance.server.requests import body_left_unread
 from appliance.store.local import Store
 
@@ -49,6 +50,7 @@ def create_app(cfg: envconfig.Config, store: Store | None = None) -> QuartTrio:
     app.register_blueprint(openai.bp)
     app.register_blueprint(anthropic.bp)
     app.register_blueprint(transfer.bp)
+    app.register_blueprint(openapi_doc.bp)
 
     @app.before_serving
     async def startup() -> None:
