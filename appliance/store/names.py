@@ -19,11 +19,15 @@ DEFAULT_SCHEME = "https"
 
 _MISSING = "!MISSING!"  # a separator was present but the part before/after it was empty
 _ALNUM_ = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_")
+# Ollama's limits (types/model/name.go).  Each part is also one folder or file name under
+# ``manifests/``, which filesystems cap at 255 bytes (NAME_MAX): Ollama's 350 for a host would let a
+# name through that no store can hold.  The alphabet is ASCII, so characters are bytes.
 _MAX_LEN = {"host": 350, "namespace": 80, "model": 80, "tag": 80}
+MAX_PATH_COMPONENT = 255
 
 
 def _valid_part(kind: str, part: str) -> bool:
-    if not 1 <= len(part) <= _MAX_LEN[kind]:
+    if not 1 <= len(part) <= min(_MAX_LEN[kind], MAX_PATH_COMPONENT):
         return False
     if part[0] not in _ALNUM_:
         return False

@@ -40,6 +40,17 @@ def test_invalid_names_are_refused(text):
 
 def test_long_parts_at_the_limit_are_accepted():
     assert parse_name("m" * 80 + ":" + "t" * 80).model == "m" * 80
+    assert parse_name("h" * 255 + "/" + "n" * 80 + "/m").host == "h" * 255
+
+
+@pytest.mark.parametrize("host", ["h" * 256, "h" * 350, ("a" * 63 + ".") * 4 + "com", "h" * 300 + ":5000"])
+def test_a_host_that_cannot_be_a_file_name_is_refused(host):
+    # Failure #9: Ollama takes a host of up to 350 characters, but each part is a folder under
+    # manifests/, and a file name holds 255 bytes; the store answered 500 with its own path.
+    with pytest.raises(InvalidName) as info:
+        parse_name(f"{host}/library/m:latest")
+    assert info.value.status == 400
+    assert not Name.parse(f"{host}/library/m").is_valid
 
 
 def test_names_compare_case_insensitively():
