@@ -10,18 +10,20 @@ a differently-cased ``foo`` instead of adding a second entry.
 from __future__ import annotations
 
 import contextlib
+import errno
+import functools
 import json
 import logging
 import os
 import secrets
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Concatenate, ParamSpec, TypeVar
 
 from appliance.api.gojson import go_marshal
-from appliance.errors import BadRequest, ModelNotFound
+from appliance.errors import ApplianceError, BadRequest, InvalidName, ModelNotFound
 from appliance.store.blobs import parse_digest
 from appliance.store.names import Name, name_from_manifest_path
 
@@ -140,6 +142,32 @@ def _sha256_hex(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
+
+
+def _without_paths(
+    method: Callable[Concatenate[Any, Name, _P], _R],
+) -> Callable[Concatenate[Any, Name, _P], _R]:
+    """Answer an OSError with the model's name and the reason, never the file's path.
+
+    An OSError's text names the file, and so the models folder, which is no client's business;
+    a name the filesystem finds too long (ENAMETOOLONG) is the client's mistake, so a 400.
+    """
+
+    @functools.wraps(method)
+    def checked(store: Any, name: Name, /, *args: _P.args, **kwargs: _P.kwargs) -> _R:
+        try:
+            return method(store, name, *args, **kwargs)
+        except OSError as exc:
+            reason = exc.strerror or type(exc).__name__
+            if exc.errno == errno.ENAMETOOLONG:
+                raise InvalidName(f"invalid model name {name.display!r}: {reason}") from exc
+            raise ApplianceError(f"cannot access the manifest of {name.display}: {reason}") from exc
+
+    return checked
+
+
 class ManifestStore:
     """The ``manifests`` folder of a models directory."""
 
@@ -149,6 +177,7 @@ class ManifestStore:
     def _exact_path(self, name: Name) -> Path:
         return self.root.joinpath(*name.parts())
 
+    @_without_paths
     def find_path(self, name: Name) -> Path | None:
         """The file holding ``name``, matching each path part case-insensitively."""
         exact = self._exact_path(name)
@@ -182,12 +211,14 @@ class ManifestStore:
             path=path,
         )
 
+    @_without_paths
     def get(self, name: Name) -> StoredManifest:
         path = self.find_path(name)
         if path is None:
             raise ModelNotFound(name.display)
         return self._load(name, path)
 
+    @_without_paths
     def exists(self, name: Name) -> bool:
         return self.find_path(name) is not None
 
@@ -195,6 +226,7 @@ class ManifestStore:
         """Atomically write ``manifest`` for ``name``, replacing any differently-cased twin."""
         return self.write_bytes(name, manifest.to_bytes())
 
+    @_without_paths
     def write_bytes(self, name: Name, data: bytes) -> Path:
         """Atomically write ``data`` byte for byte as ``name``'s manifest (a pull keeps the registry's
         bytes, so its digest stays the registry's), replacing any differently-cased twin."""
@@ -216,6 +248,7 @@ class ManifestStore:
             self._prune_empty_dirs(twin.parent)
         return target
 
+    @_without_paths
     def delete(self, name: Name) -> StoredManifest:
         stored = self.get(name)
         stored.path.unlink()

@@ -4,7 +4,7 @@ import os
 
 import pytest
 
-from appliance.errors import BadRequest, ModelNotFound
+from appliance.errors import ApplianceError, BadRequest, InvalidName, ModelNotFound
 from appliance.store import manifests as mf
 from appliance.store.blobs import BlobStore
 from appliance.store.local import Store
@@ -123,3 +123,26 @@ def test_reads_a_store_written_by_ollama(tmp_path):
     store.copy(parse_name("smollm2:135m"), parse_name("mine"))
     assert json.loads((tmp_path / "manifests/registry.ollama.ai/library/mine/latest").read_bytes()) == doc
     assert os.path.getsize(tmp_path / "manifests/registry.ollama.ai/library/mine/latest") > 0
+
+
+def test_os_errors_reach_no_client_with_the_models_path(tmp_path, monkeypatch):
+    # A name valid by the rules but longer than this filesystem takes (as on eCryptfs, 143 bytes).
+    monkeypatch.setattr("appliance.store.names.MAX_PATH_COMPONENT", 350)
+    blobs, manifests = BlobStore(tmp_path), ManifestStore(tmp_path)
+    long_name = parse_name("h" * 300 + "/library/m:latest")
+    manifests.root.mkdir(parents=True)
+    for call in (lambda: manifests.get(long_name), lambda: manifests.exists(long_name),
+                 lambda: manifests.write(long_name, _manifest(blobs)), lambda: manifests.delete(long_name)):
+        with pytest.raises(InvalidName) as info:
+            call()
+        assert info.value.status == 400 and "File name too long" in str(info.value)
+        assert str(tmp_path) not in str(info.value) and "Errno" not in str(info.value)
+
+    def refuse(*args, **kwargs):
+        raise PermissionError(13, "Permission denied", str(tmp_path / "manifests" / "x"))
+
+    monkeypatch.setattr(mf.os, "replace", refuse)
+    with pytest.raises(ApplianceError) as failed:
+        manifests.write(parse_name("m:t"), _manifest(blobs))
+    assert failed.value.status == 500
+    assert str(failed.value) == "cannot access the manifest of m:t: Permission denied"
