@@ -65,6 +65,12 @@ def install(argv: Sequence[str]) -> None:
 def main() -> int:
     """Entry point of ``python -m appliance`` and of the frozen ``ollama`` executable."""
     argv = sys.argv[1:]
+    if argv[:1] == ["json-decode"]:  # internal: the server decodes a large request body in a child
+        from appliance.api.jsonbody import child_main
+
+        code = child_main()
+        exit_now(code)
+        return code
     install(argv)
     from appliance.cli import main as cli_main
 

@@ -41,8 +41,11 @@ class OptionSpec:
     default: Any  # None: unset, the engine decides
     description: str
     load_time: bool = False  # part of Ollama's Runner options: changing it means reloading the model
+    bounds: tuple[int, int] | None = None  # integers: the range the engine can represent (else a 400)
 
 
+_INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
+_INT32_MIN, _INT32_MAX = -(2**31), 2**31 - 1
 _SPECS = (
     # Runner options, fixed when the model is loaded.
     OptionSpec("num_ctx", int, 4096, "Context window size in tokens.", True),
@@ -70,6 +73,14 @@ _SPECS = (
     OptionSpec("stop", list, (), "Stop sequences; repeat the PARAMETER line for more than one."),
 )
 
+# Every integer option is handed to llama.cpp as a C int (the seed as an unsigned 32-bit value), so a
+# value outside int32 is an error, not a large request: 4294967297 would silently become 1.
+_SPECS = tuple(
+    OptionSpec(s.name, s.type, s.default, s.description, s.load_time,
+               (_INT64_MIN, _INT64_MAX) if s.name == "seed" else (_INT32_MIN, _INT32_MAX)) if s.type is int else s
+    for s in _SPECS
+)
+
 #: Every option by name, in Ollama's struct order.
 OPTIONS: Mapping[str, OptionSpec] = MappingProxyType({spec.name: spec for spec in _SPECS})
 
@@ -77,6 +88,14 @@ OPTIONS: Mapping[str, OptionSpec] = MappingProxyType({spec.name: spec for spec i
 #: ``num_ctx``: Ollama picks 4096/32768/262144 by VRAM unless OLLAMA_CONTEXT_LENGTH is set; 4096 is its
 #: choice for machines without a large GPU.
 DEFAULT_OPTIONS: Mapping[str, Any] = MappingProxyType({spec.name: spec.default for spec in _SPECS})
+
+#: Caps on ``stop``: Ollama has none; every stop string costs time after every generated token.
+MAX_STOP_SEQUENCES = 64
+MAX_STOP_CHARS = 256
+
+#: ``num_predict`` -1 (unlimited) and anything larger is bounded by this many context windows, as
+#: upstream does for an open-ended generation (a request must not hold a slot for ever).
+OPEN_ENDED_CONTEXT_MULTIPLIER = 10
 
 #: Modelfile parameters Ollama still accepts but ignores with a warning.
 DEPRECATED_PARAMETERS = frozenset(
@@ -95,7 +114,6 @@ DEPRECATED_PARAMETERS = frozenset(
 
 _FLOAT32_MAX = 3.4028234663852886e38
 _FLOAT32_OVERFLOW = _FLOAT32_MAX + 2.0**103  # halfway to the next power of two: rounds to infinity
-_INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
 _INT_TEXT = re.compile(r"[+-]?[0-9]+")
 # Decimal floats as Go's ParseFloat reads them (no hex floats, no inf/nan: JSON cannot carry those).
 # Each branch is anchored on a distinct character, so a failed match backtracks in linear time.
@@ -134,14 +152,14 @@ def parse_parameter(name: str, raw: str) -> Any:
         raise InvalidParameter(f"unknown parameter '{name}'")
     kind = spec.type
     if kind is list:
-        return raw
+        return _check_stop(spec, raw)
     if kind is bool:
         if raw in _BOOL_TEXT:
             return _BOOL_TEXT[raw]
     elif kind is int:
         # The length check comes first: int() refuses strings of more than 4300 digits.
         if len(raw) <= 20 and _INT_TEXT.fullmatch(raw) and _INT64_MIN <= int(raw) <= _INT64_MAX:
-            return int(raw)
+            return _check_bounds(spec, int(raw))
     elif _FLOAT_TEXT.fullmatch(raw):
         try:
             return _as_float32(float(raw))
@@ -164,6 +182,21 @@ def parameter_text(name: str, value: Any) -> str:
     return str(value)
 
 
+def _check_bounds(spec: OptionSpec, value: int) -> int:
+    if spec.bounds is not None and not spec.bounds[0] <= value <= spec.bounds[1]:
+        low, high = spec.bounds
+        raise InvalidParameter(f'option "{spec.name}" must be between {low} and {high}, got {value}')
+    return value
+
+
+def _check_stop(spec: OptionSpec, value: str) -> str:
+    # Every stop string is matched against the output after every token, in the runner's decode loop
+    # that all parallel requests share: its cost must stay small.
+    if len(value) > MAX_STOP_CHARS:
+        raise InvalidParameter(f'option "{spec.name}": a stop sequence may be at most {MAX_STOP_CHARS} characters')
+    return value
+
+
 class ValidOptions(dict[str, Any]):
     """The options that passed ``validate_options``; ``ignored`` names the unknown keys it dropped."""
 
@@ -180,7 +213,7 @@ def _coerce_option(spec: OptionSpec, value: Any) -> Any:
         if isinstance(value, float) and math.isfinite(value):
             value = int(value)
         if is_number and isinstance(value, int) and _INT64_MIN <= value <= _INT64_MAX:
-            return value
+            return _check_bounds(spec, value)
     elif spec.type is float:
         if is_number:
             try:
@@ -189,7 +222,9 @@ def _coerce_option(spec: OptionSpec, value: Any) -> Any:
                 pass
     elif isinstance(value, list | tuple):
         if all(isinstance(item, str) for item in value):
-            return list(value)
+            if len(value) > MAX_STOP_SEQUENCES:
+                raise InvalidParameter(f'option "{spec.name}" allows at most {MAX_STOP_SEQUENCES} sequences')
+            return [_check_stop(spec, item) for item in value]
         raise InvalidParameter(f'option "{spec.name}" must be of an array of strings')
     raise InvalidParameter(f'option "{spec.name}" must be of type {_TYPE_WORD[spec.type]}')
 
@@ -240,3 +275,49 @@ def format_parameters(params: Mapping[str, Any]) -> str:
         for item in value if isinstance(value, list | tuple) else [value]:
             lines.append(f"{name:<30} {_show_value(item)}")
     return "\n".join(lines)
+
+
+def stored_options(params: Mapping[str, Any], origin: str) -> dict[str, Any]:
+    """A params layer read from the store (created here, by Ollama, or pulled from any registry) put
+    through the checks a request gets; an entry that fails them is dropped with a warning, so the
+    engine never sees it and the model still loads with that option at its default."""
+    valid: dict[str, Any] = {}
+    for key, value in params.items():
+        spec = OPTIONS.get(key)
+        if spec is None or value is None:
+            continue  # deprecated or unknown names: Ollama ignores them too
+        try:
+            valid[key] = _coerce_option(spec, value)
+        except InvalidParameter as exc:
+            log.warning("%s: ignoring stored parameter: %s", origin, exc)
+    return valid
+
+
+def predict_limits(opts: Mapping[str, Any], n_ctx: int, n_vocab: int) -> dict[str, int]:
+    """The per-request integers the engine uses, clamped to what this context and vocabulary allow.
+
+    The one place that turns an option into something llama.cpp may be handed (the runner calls it
+    for every request): ``repeat_last_n`` -1 or beyond the context is the context; ``top_k`` is at most
+    the vocabulary; ``num_keep`` at most half the context; ``num_predict`` -1 or past ten context
+    windows is ten windows, and -2 fills the context as in Ollama.
+    """
+
+    def get(name: str) -> int:
+        value = opts.get(name)
+        try:
+            return int(value) if value is not None else int(DEFAULT_OPTIONS[name])
+        except (TypeError, ValueError, OverflowError):
+            return int(DEFAULT_OPTIONS[name])
+
+    repeat_last_n = get("repeat_last_n")
+    repeat_last_n = n_ctx if repeat_last_n < 0 or repeat_last_n > n_ctx else repeat_last_n
+    num_predict = get("num_predict")
+    ceiling = OPEN_ENDED_CONTEXT_MULTIPLIER * n_ctx
+    if num_predict != -2 and (num_predict < 0 or num_predict > ceiling):
+        num_predict = ceiling
+    return {
+        "repeat_last_n": repeat_last_n,
+        "top_k": max(0, min(get("top_k"), n_vocab)),
+        "num_keep": max(0, min(get("num_keep"), n_ctx // 2)),
+        "num_predict": num_predict,
+    }

@@ -26,6 +26,9 @@ from appliance.store.create import self_command
 
 log = logging.getLogger("appliance.runner")
 
+#: How long a runner asked to exit may take (finish its step, free the model) before it is killed.
+RUNNER_STOP_GRACE_S = 5.0
+
 
 @dataclass(frozen=True)
 class LoadOptions:
@@ -221,18 +224,22 @@ class RunnerProcess:
                     except RunnerError:
                         pass
 
-    async def stop(self) -> None:
-        """Ask the runner to exit; kill it if it does not within a few seconds."""
+    async def stop(self) -> str:
+        """Ask the runner to exit; kill it if it does not within RUNNER_STOP_GRACE_S.  Returns what
+        happened, for the log ("" when it had already gone)."""
         if self.process is None or self.process.returncode is not None:
-            return
+            return ""
         with trio.move_on_after(0.5):
             try:
                 await self.send({"op": "shutdown"})
             except RunnerError:
                 pass
-        with trio.move_on_after(5):
+        with trio.move_on_after(RUNNER_STOP_GRACE_S):
             await self.process.wait()
+        if self.process.returncode is not None:
+            return f"exited cleanly (status {self.process.returncode})"
         await self._kill()
+        return f"did not exit within {RUNNER_STOP_GRACE_S:.0f}s and was killed"
 
     async def _kill(self) -> None:
         if self.process is not None and self.process.returncode is None:

@@ -2,7 +2,7 @@
 
 Server -> runner (stdin):
     {"op": "completion", "id": 7, "prompt": "...", "options": {...}, "grammar": str|null,
-     "json_schema": {...}|null, "add_special": true}
+     "add_special": true}
     {"op": "cancel", "id": 7}
     {"op": "tokenize", "id": 8, "text": "...", "add_special": false}
     {"op": "detokenize", "id": 9, "tokens": [1, 2]}

@@ -26,9 +26,13 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, BinaryIO
 
+from appliance.api.options import predict_limits
 from appliance.engine import protocol
 
 LLAMA_DEFAULT_SEED = 0xFFFFFFFF
+MAX_PARALLEL = 64
+#: GBNF text the runner accepts; the server's schema conversion stays far below it.
+MAX_GRAMMAR_CHARS = 1 << 20
 
 
 @dataclass
@@ -83,14 +87,17 @@ class Runner:
         if not self.model:
             raise RuntimeError(f"unable to load model {args.model}")
         self.vocab = llama.llama_model_get_vocab(self.model)
-        self.n_parallel = max(1, args.parallel)
+        self.n_parallel = max(1, min(args.parallel, MAX_PARALLEL))
+        n_ctx_slot = max(16, args.ctx)
+        n_batch = max(1, min(args.batch, n_ctx_slot))  # the server clamps too; C ints take no chances
+        threads = max(1, min(args.threads, os.cpu_count() or 1))
         cparams = llama.llama_context_default_params()
-        cparams.n_ctx = args.ctx * self.n_parallel
-        cparams.n_batch = args.batch
-        cparams.n_ubatch = min(args.batch, 512)
+        cparams.n_ctx = n_ctx_slot * self.n_parallel
+        cparams.n_batch = n_batch
+        cparams.n_ubatch = min(n_batch, 512)
         cparams.n_seq_max = self.n_parallel
-        cparams.n_threads = args.threads
-        cparams.n_threads_batch = args.threads
+        cparams.n_threads = threads
+        cparams.n_threads_batch = threads
         cparams.kv_unified = False
         cparams.no_perf = True
         cparams.flash_attn_type = {"on": 1, "off": 0}.get(args.flash_attention, -1)
@@ -101,14 +108,14 @@ class Runner:
         if not self.ctx:
             raise RuntimeError("unable to create the llama.cpp context (out of memory?)")
         self.mem = llama.llama_get_memory(self.ctx)
-        self.n_batch = args.batch
+        self.n_batch = n_batch
         self.n_ctx = llama.llama_n_ctx(self.ctx)
         self.n_ctx_slot = llama.llama_n_ctx_seq(self.ctx)
         self.batch = llama.llama_batch_init(self.n_batch, 0, self.n_parallel)
         self.slots = [Slot(seq_id=i) for i in range(self.n_parallel)]
         self.waiting: list[dict[str, Any]] = []
         self.embed_ctx: Any = None
-        self.threads = args.threads
+        self.threads = threads
         self.load_duration_ns = int((time.perf_counter() - t0) * 1e9)
         self._piece_buf = ctypes.create_string_buffer(256)
         self.can_shift = bool(llama.llama_memory_can_shift(self.mem))
@@ -163,13 +170,24 @@ class Runner:
 
     # -- requests -------------------------------------------------------------------------------
 
-    def _make_grammar(self, grammar: str | None) -> Any:
-        if not grammar:
-            return None
+    def make_grammar(self, grammar: str) -> Any:
+        """A grammar sampler for ``grammar`` (GBNF).  Called on the command-reader thread: ctypes lets
+        go of the GIL, so parsing a large grammar never stalls the decode loop."""
+        if len(grammar) > MAX_GRAMMAR_CHARS:
+            raise BadRequestError(f"grammar for structured output is larger than {MAX_GRAMMAR_CHARS} characters")
         g = self.llama.llama_sampler_init_grammar(self.vocab, grammar.encode(), b"root")
         if not g:
             raise BadRequestError("invalid grammar for structured output")
         return g
+
+    def check_tokens(self, tokens: Any) -> list[int]:
+        """Token ids from a client, checked against the vocabulary: llama.cpp aborts on a bad one."""
+        if not isinstance(tokens, list):
+            raise BadRequestError("tokens must be a list of token ids")
+        for token in tokens:
+            if not isinstance(token, int) or isinstance(token, bool) or not 0 <= token < self.n_vocab:
+                raise BadRequestError(f"invalid token id {token!r}: the vocabulary has {self.n_vocab} tokens")
+        return tokens
 
     def _make_sampler(self, opts: dict[str, Any]) -> Any:
         llama = self.llama
@@ -182,9 +200,7 @@ class Runner:
             float(opts.get("presence_penalty", 0.0)),
             float(opts.get("frequency_penalty", 0.0)),
         )
-        repeat_last_n = int(opts.get("repeat_last_n", 64))
-        if repeat_last_n < 0:
-            repeat_last_n = self.n_ctx_slot
+        repeat_last_n = opts["repeat_last_n"]  # clamped by predict_limits to [0, n_ctx_slot]
         if repeat_last_n and (repeat_penalty != 1.0 or presence or frequency):
             n_vocab = llama.llama_vocab_n_tokens(self.vocab)
             penalties = llama.llama_sampler_init_penalties(n_vocab, repeat_last_n, repeat_penalty, frequency,
@@ -194,7 +210,7 @@ class Runner:
         if temperature <= 0:
             add(llama.llama_sampler_init_greedy())
             return chain
-        top_k = int(opts.get("top_k", 40))
+        top_k = opts["top_k"]
         if top_k > 0:
             add(llama.llama_sampler_init_top_k(top_k))
         typical_p = float(opts.get("typical_p", 1.0))
@@ -223,7 +239,22 @@ class Runner:
         return best
 
     def start_completion(self, cmd: dict[str, Any]) -> None:
+        try:
+            self._start_completion(cmd)
+        except BaseException:
+            self._free_grammar_of(cmd)
+            raise
+
+    def _free_grammar_of(self, cmd: dict[str, Any]) -> None:
+        grammar = cmd.pop("grammar_sampler", None)
+        if grammar is not None:
+            self.llama.llama_sampler_free(grammar)
+
+    def _start_completion(self, cmd: dict[str, Any]) -> None:
         opts = cmd.get("options") or {}
+        if not isinstance(opts, dict):
+            raise BadRequestError("options must be an object")
+        opts = {**opts, **predict_limits(opts, self.n_ctx_slot, self.n_vocab)}
         tokens = self.tokenize(cmd.get("prompt", ""), bool(cmd.get("add_special", True)))
         bos = self.llama.llama_vocab_bos(self.vocab)
         if len(tokens) > 1 and tokens[0] == bos and tokens[1] == bos:  # template wrote BOS itself
@@ -237,11 +268,11 @@ class Runner:
         truncated = False
         limit = self.n_ctx_slot - 1
         if len(tokens) > limit:  # keep num_keep tokens from the start and the most recent rest
-            keep = max(0, min(int(opts.get("num_keep", 4)), limit // 2))
+            keep = min(opts["num_keep"], limit // 2)
             tokens = tokens[:keep] + tokens[len(tokens) - (limit - keep) :]
             truncated = True
-        grammar = self._make_grammar(_grammar_for(cmd))
         sampler = self._make_sampler(opts)
+        grammar = cmd.pop("grammar_sampler", None)
         n_common = _common_prefix(slot.cached, tokens)
         if n_common == len(tokens):  # all cached: re-evaluate the last token to get fresh logits
             n_common -= 1
@@ -250,9 +281,9 @@ class Runner:
                 self.llama.llama_memory_seq_rm(self.mem, slot.seq_id, -1, -1)
                 n_common = 0
             del slot.cached[n_common:]
-        n_last = int(opts.get("repeat_last_n", 64))
+        n_last = opts["repeat_last_n"]
         if n_last:  # penalties see the prompt too (the grammar is not in the chain: it sees only output)
-            for tok in tokens[-n_last:] if n_last > 0 else tokens:
+            for tok in tokens[-n_last:]:
                 self.llama.llama_sampler_accept(sampler, tok)
         slot.request_id = int(cmd["id"])
         slot.pending = tokens[n_common:]
@@ -302,6 +333,8 @@ class Runner:
         for slot in self.slots:
             if slot.request_id == request_id:
                 slot.cancelled = True
+        for cmd in [c for c in self.waiting if c.get("id") == request_id]:
+            self._free_grammar_of(cmd)
         self.waiting = [c for c in self.waiting if c.get("id") != request_id]
 
     # -- the decode step ------------------------------------------------------------------------
@@ -309,7 +342,7 @@ class Runner:
     def _shift_context(self, slot: Slot) -> bool:
         """Free half of the slot's context after num_keep tokens (Ollama's context shift)."""
         n_past = len(slot.cached)
-        keep = max(0, min(int(slot.options.get("num_keep", 4)), n_past // 2))
+        keep = min(slot.options["num_keep"], n_past // 2)
         discard = (n_past - keep) // 2
         if not self.can_shift or discard <= 0:
             return False
@@ -457,7 +490,7 @@ class Runner:
             slot.held = ""
         if text:
             events.append({"id": slot.request_id, "event": "token", "text": text})
-        limit = int(slot.options.get("num_predict", -1))
+        limit = slot.options["num_predict"]
         if limit == -2:
             limit = self.n_ctx_slot - slot.n_prompt
         if 0 <= limit <= slot.n_predicted:
@@ -532,7 +565,8 @@ class Runner:
                 tokens = self.tokenize(str(cmd.get("text", "")), bool(cmd.get("add_special", False)))
                 self.send({"id": rid, "event": "result", "tokens": tokens})
             elif op == "detokenize":
-                text = b"".join(self.piece(int(t)) for t in cmd.get("tokens", [])).decode("utf-8", "replace")
+                tokens = self.check_tokens(cmd.get("tokens", []))
+                text = b"".join(self.piece(t) for t in tokens).decode("utf-8", "replace")
                 self.send({"id": rid, "event": "result", "text": text})
             elif op == "embed":
                 self.send({"id": rid, "event": "result", **self.embed(cmd)})
@@ -598,25 +632,6 @@ class BadRequestError(ValueError):
     """A request the runner refuses (reported to the client as 400)."""
 
 
-def _grammar_for(cmd: dict[str, Any]) -> str | None:
-    """GBNF for the request's ``format``: generic JSON, or a JSON schema converted by llama.cpp's tool."""
-    if cmd.get("grammar"):
-        return str(cmd["grammar"])
-    from llama_cpp import llama_grammar
-
-    if cmd.get("format") == "json":
-        return llama_grammar.JSON_GBNF
-    schema = cmd.get("json_schema")
-    if schema is None:
-        return None
-    import json
-
-    try:
-        return llama_grammar.json_schema_to_gbnf(json.dumps(schema))
-    except Exception as exc:
-        raise BadRequestError(f"invalid JSON schema in format: {exc}") from exc
-
-
 def _common_prefix(a: list[int], b: list[int]) -> int:
     n = min(len(a), len(b))
     i = 0
@@ -636,15 +651,24 @@ def _partial_stop_suffix(text: str, stops: tuple[str, ...]) -> int:
     return best
 
 
-def _reader(stream: BinaryIO, commands: queue.Queue[dict[str, Any] | None]) -> None:
+def _reader(stream: BinaryIO, runner: Runner) -> None:
+    """Read commands; a completion's grammar is compiled here, off the decode loop's thread."""
     for line in stream:
         if not line.strip():
             continue
         try:
-            commands.put(protocol.decode(line))
+            cmd = protocol.decode(line)
         except ValueError as exc:
             sys.stderr.write(f"runner: bad protocol line: {exc}\n")
-    commands.put(None)  # the server went away: shut down
+            continue
+        if cmd.get("op") == "completion" and cmd.get("grammar"):
+            try:
+                cmd["grammar_sampler"] = runner.make_grammar(str(cmd["grammar"]))
+            except BadRequestError as exc:
+                runner.send({"id": cmd.get("id"), "event": "error", "error": str(exc), "status": 400})
+                continue
+        runner.commands.put(cmd)
+    runner.commands.put(None)  # the server went away: shut down
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -675,7 +699,7 @@ def main(argv: list[str]) -> int:
         proto_out.write(protocol.encode({"event": "error", "error": str(exc)}))
         proto_out.flush()
         return 1
-    threading.Thread(target=_reader, args=(sys.stdin.buffer, runner.commands), daemon=True).start()
+    threading.Thread(target=_reader, args=(sys.stdin.buffer, runner), daemon=True).start()
     code = 0
     try:
         runner.run()

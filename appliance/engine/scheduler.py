@@ -10,7 +10,6 @@ live in the scheduler's own nursery.
 from __future__ import annotations
 
 import logging
-import math
 import os
 import time
 from collections.abc import AsyncIterator
@@ -32,6 +31,8 @@ log = logging.getLogger("appliance.scheduler")
 
 BUSY_MESSAGE = "server busy, please try again.  maximum pending requests exceeded"
 FOREVER = datetime(2318, 1, 1, tzinfo=UTC)
+#: The longest keep_alive that is not "forever": Go's time.Duration (int64 nanoseconds) ends here.
+MAX_KEEP_ALIVE_S = (2**63 - 1) / 1e9
 
 
 @dataclass(eq=False)
@@ -109,27 +110,39 @@ class Scheduler:
         self._nursery: trio.Nursery | None = None
         self._load_lock = trio.Lock()
         self._changed = trio.Event()  # set (and replaced) whenever a model is released or unloaded
+        self._closing = trio.Event()
+        self._stopped = trio.Event()
         self._gguf_cache: dict[str, GGUFInfo] = {}
         self.memory_available = memory_available  # replaceable, for tests of memory-driven eviction
 
     # -- life cycle -----------------------------------------------------------------------------
 
     async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
-        """Serve until cancelled; then stop every runner."""
+        """Serve until :meth:`aclose` (or cancelled); then stop every runner."""
         try:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
                 task_status.started()
-                await trio.sleep_forever()
+                await self._closing.wait()
+                # Runners first, while their tasks still run: each is asked to exit and given
+                # RUNNER_STOP_GRACE_S; only then is anything cancelled (which kills what is left).
+                await self.stop_all()
+                nursery.cancel_scope.cancel()
         finally:
             self._nursery = None
+            self._stopped.set()
             with trio.CancelScope(shield=True):
                 await self.stop_all()
 
     def close(self) -> None:
-        """Stop serving now: cancels every runner task (their runners are stopped on the way out)."""
+        """Start stopping: every runner is asked to exit, then the scheduler's tasks end."""
+        self._closing.set()
+
+    async def aclose(self) -> None:
+        """Stop, and wait until every runner has exited."""
+        self.close()
         if self._nursery is not None:
-            self._nursery.cancel_scope.cancel()
+            await self._stopped.wait()
 
     async def stop_all(self) -> None:
         for loaded in list(self.loaded):
@@ -153,15 +166,23 @@ class Scheduler:
             )
             num_ctx = trained
         num_ctx = max(num_ctx, 16)
+        # The load-time clamps (docs: README "Option bounds"): a batch never exceeds the context (as
+        # llama.cpp itself clamps it), threads never exceed the CPUs, main_gpu names a real GPU.
+        num_batch = int(merged.get("num_batch") or 0)
+        num_batch = min(num_batch if num_batch > 0 else 512, num_ctx)
+        num_thread = int(merged.get("num_thread") or 0)
+        num_thread = min(num_thread, os.cpu_count() or 1) if num_thread > 0 else self.threads
+        n_gpus = len(self.system.gpus) if self.system else 0
+        main_gpu = int(merged.get("main_gpu") or 0)
         fa = self.cfg.flash_attention
         return LoadOptions(
             model_path=str(model.model_path),
             num_ctx=num_ctx,
             num_parallel=max(1, self.cfg.num_parallel),
-            num_batch=max(1, int(merged.get("num_batch") or 512)),
-            num_thread=int(merged.get("num_thread") or 0) or self.threads,
+            num_batch=num_batch,
+            num_thread=num_thread,
             num_gpu=self._num_gpu(info, model, int(merged.get("num_gpu", -1)), num_ctx),
-            main_gpu=int(merged.get("main_gpu") or 0),
+            main_gpu=main_gpu if 0 <= main_gpu < n_gpus else 0,
             use_mmap=merged.get("use_mmap") is not False,
             flash_attention="auto" if fa is None else ("on" if fa else "off"),
             kv_cache_type=self.cfg.kv_cache_type or "",
@@ -202,6 +223,7 @@ class Scheduler:
         if self.waiting >= self.cfg.max_queue:
             raise ServerBusy(BUSY_MESSAGE)
         keep = self.cfg.keep_alive_s if keep_alive_s is None else keep_alive_s
+        deadline = self._deadline(keep)  # before a slot is taken: nothing may fail between take and give
         self.waiting += 1
         try:
             loaded = await self._get(model, options)
@@ -213,9 +235,9 @@ class Scheduler:
                 raise
         finally:
             self.waiting -= 1
-        loaded.keep_alive_s = keep
-        loaded.expires_at = self._deadline(keep)
         try:
+            loaded.keep_alive_s = keep
+            loaded.expires_at = deadline
             yield loaded
         finally:
             loaded.slots.release()
@@ -232,7 +254,7 @@ class Scheduler:
             return loaded
 
     def _deadline(self, keep_alive_s: float) -> datetime:
-        if math.isinf(keep_alive_s) or keep_alive_s < 0:
+        if not 0 <= keep_alive_s < MAX_KEEP_ALIVE_S:  # negative, inf, NaN, past Go's Duration: forever
             return FOREVER
         return datetime.now(UTC) + timedelta(seconds=keep_alive_s)
 
@@ -241,7 +263,7 @@ class Scheduler:
         loaded.expiry_token += 1
         token = loaded.expiry_token
         loaded.expires_at = self._deadline(keep)
-        if math.isinf(keep) or keep < 0 or self._nursery is None:
+        if not 0 <= keep < MAX_KEEP_ALIVE_S or self._nursery is None:
             return
 
         async def expire() -> None:
@@ -369,7 +391,9 @@ class Scheduler:
         if loaded in self.loaded:
             self.loaded.remove(loaded)
         with trio.CancelScope(shield=True):
-            await loaded.runner.stop()
+            how = await loaded.runner.stop()
+            if how:
+                log.info("runner for %s (pid %s) %s", loaded.model.name.display, loaded.runner.pid, how)
             if loaded.scope is not None:
                 loaded.scope.cancel()
             with trio.move_on_after(5):

@@ -11,10 +11,23 @@ import functools
 from collections.abc import Sequence
 from typing import Any
 
+from appliance.errors import BadRequest
 from appliance.prompt.gotemplate import Template
 from appliance.prompt.gotemplate_funcs import GoStruct, JSONList, JSONMap
 
 _RESPONSE_MARK = "\x00\x01RESPONSE\x01\x00"
+
+
+#: The largest TEMPLATE accepted (Ollama's library templates are a few KiB; the largest ~20 KiB).
+#: Parsing is pure Python and scales with the text, so callers run it in a worker thread.
+MAX_TEMPLATE_CHARS = 128 << 10
+
+
+def parse_template(text: str) -> Template:
+    """The parsed Go template (cached); TemplateError (400) for a bad one, BadRequest for a huge one."""
+    if len(text) > MAX_TEMPLATE_CHARS:
+        raise BadRequest(f"template is larger than {MAX_TEMPLATE_CHARS} characters")
+    return _parsed(text)
 
 
 @functools.lru_cache(maxsize=64)
@@ -101,7 +114,7 @@ def render_go(
     tools: Sequence[dict[str, Any]] | None,
     think: bool | str | None,
 ) -> str:
-    tmpl = _parsed(template)
+    tmpl = parse_template(template)
     system, collated = collate(messages)
     think_flags = {
         "Think": bool(think),
@@ -153,7 +166,7 @@ def render_go(
 
 def render_generate_go(template: str, prompt: str, suffix: str, system: str, think: bool | str | None) -> str:
     """/api/generate with a template: ``.System``/``.Prompt``/``.Suffix`` (fill-in-the-middle)."""
-    tmpl = _parsed(template)
+    tmpl = parse_template(template)
     think_flags = {
         "Think": bool(think),
         "ThinkLevel": think if isinstance(think, str) else "",

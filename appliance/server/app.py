@@ -20,6 +20,7 @@ from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 from appliance import OLLAMA_COMPAT_VERSION, __version__, envconfig
 from appliance.engine import gpu
+from appliance.engine.process import RUNNER_STOP_GRACE_S
 from appliance.engine.scheduler import Scheduler
 from appliance.errors import ApplianceError
 from appliance.server import anthropic, models, native, openai, transfer
@@ -30,6 +31,17 @@ from appliance.store.local import Store
 log = logging.getLogger("appliance.server")
 
 CORS_METHODS = "GET, POST, PUT, PATCH, DELETE, HEAD, OPTIONS"
+#: Request headers a browser may send cross-origin: a fixed list, never an echo of what is asked.
+#: The OpenAI and Anthropic SDKs add their own (x-stainless-*, anthropic-*) even in a browser.
+CORS_HEADERS = ", ".join((
+    "Authorization", "Content-Type", "User-Agent", "Accept", "X-Requested-With",
+    "OpenAI-Beta", "OpenAI-Organization", "OpenAI-Project",
+    "x-stainless-arch", "x-stainless-async", "x-stainless-custom-poll-interval",
+    "x-stainless-helper-method", "x-stainless-lang", "x-stainless-os", "x-stainless-package-version",
+    "x-stainless-poll-helper", "x-stainless-retry-count", "x-stainless-runtime",
+    "x-stainless-runtime-version", "x-stainless-timeout", "x-stainless-read-timeout",
+    "x-api-key", "anthropic-version", "anthropic-beta", "anthropic-dangerous-direct-browser-access",
+))
 
 
 def create_app(cfg: envconfig.Config, store: Store | None = None) -> QuartTrio:
@@ -66,16 +78,15 @@ def create_app(cfg: envconfig.Config, store: Store | None = None) -> QuartTrio:
 
     @app.after_serving
     async def shutdown() -> None:
-        scheduler.close()
+        with trio.move_on_after(RUNNER_STOP_GRACE_S + 2):  # runners are killed once this passes
+            await scheduler.aclose()
 
     @app.before_request
     async def guard() -> Response | None:
         if not envconfig.host_header_allowed(request.headers.get("Host", ""), cfg):
             return _error("host not allowed", 403)
         origin = request.headers.get("Origin")
-        host = request.headers.get("Host", "")
-        same_origin = origin in (f"http://{host}", f"https://{host}")
-        if origin and not same_origin and not envconfig.origin_allowed(origin, cfg.allowed_origins):
+        if origin and not _origin_allowed(origin, cfg):
             return _error("origin not allowed", 403)
         if request.method == "OPTIONS":
             return _cors(Response(b"", status=204))
@@ -117,14 +128,20 @@ def _error(message: str, status: int) -> Response:
     return _cors(response)
 
 
+def _origin_allowed(origin: str, cfg: envconfig.Config) -> bool:
+    host = request.headers.get("Host", "")
+    same_origin = origin in (f"http://{host}", f"https://{host}")
+    return same_origin or envconfig.origin_allowed(origin, cfg.allowed_origins)
+
+
 def _cors(response: Response) -> Response:
+    """CORS headers, for an allowed origin only: a refused one gets its 403 and nothing to read it with."""
+    response.headers["Vary"] = "Origin"
     origin = request.headers.get("Origin")
-    if origin:
+    if origin and _origin_allowed(origin, current_app.extensions["appliance.config"]):
         response.headers["Access-Control-Allow-Origin"] = origin
-        response.headers["Vary"] = "Origin"
         response.headers["Access-Control-Allow-Methods"] = CORS_METHODS
-        requested = request.headers.get("Access-Control-Request-Headers")
-        response.headers["Access-Control-Allow-Headers"] = requested or "Authorization, Content-Type, Accept"
+        response.headers["Access-Control-Allow-Headers"] = CORS_HEADERS
         response.headers["Access-Control-Max-Age"] = "43200"
     return response
 

@@ -17,6 +17,7 @@ import trio
 
 from appliance import envconfig
 from appliance.api.options import validate_options
+from appliance.engine.grammar import format_grammar
 from appliance.engine.scheduler import Loaded, Scheduler
 from appliance.errors import BadRequest
 from appliance.prompt import render
@@ -76,7 +77,14 @@ def parse_keep_alive(value: Any) -> float | None:
     if isinstance(value, bool):
         raise BadRequest("keep_alive must be a duration or a number of seconds")
     if isinstance(value, int | float):
-        return float("inf") if value < 0 else float(value)
+        if value != value:  # NaN: JSON cannot carry it, but a Python caller can
+            raise BadRequest("keep_alive must be a duration or a number of seconds")
+        if value < 0:
+            return float("inf")
+        try:
+            return float(value)  # the scheduler treats anything past Go's Duration (~292 years) as inf
+        except OverflowError:  # an integer too large for a float
+            return float("inf")
     if isinstance(value, str):
         try:
             seconds = envconfig.parse_duration(value)
@@ -156,6 +164,11 @@ async def _count(loaded: Loaded, text: str) -> int:
     return 0
 
 
+async def _render_off_loop(gen: Generation, info: GGUFInfo, messages: Sequence[dict[str, Any]]) -> str:
+    """Render in a worker thread: templates and messages scale with the request."""
+    return await trio.to_thread.run_sync(_render, gen, info, messages)
+
+
 async def build_prompt(gen: Generation, info: GGUFInfo, loaded: Loaded) -> str:
     """The prompt text, dropping the oldest non-system messages until it fits in num_ctx."""
     if gen.messages is None:  # /api/generate
@@ -165,13 +178,14 @@ async def build_prompt(gen: Generation, info: GGUFInfo, loaded: Loaded) -> str:
         system = gen.system if gen.system is not None else (gen.model.system or "")
         template = gen.template or gen.model.template
         if template:
-            return render.render_generate_go(template, prompt, gen.suffix, system, gen.think)
+            return await trio.to_thread.run_sync(
+                render.render_generate_go, template, prompt, gen.suffix, system, gen.think)
         messages = ([{"role": "system", "content": system}] if system else []) + [
             {"role": "user", "content": prompt}
         ]
-        return _render(gen, info, messages)
+        return await _render_off_loop(gen, info, messages)
     messages = _chat_messages(gen)
-    text = _render(gen, info, messages)
+    text = await _render_off_loop(gen, info, messages)
     limit = loaded.context_length
     if len(text) < limit:  # fewer characters than tokens allowed: it fits, no need to count
         return text
@@ -189,11 +203,11 @@ async def build_prompt(gen: Generation, info: GGUFInfo, loaded: Loaded) -> str:
         return [m for i, m in enumerate(messages) if i not in gone]
 
     lo, hi = 1, len(droppable)
-    best_text = _render(gen, info, without(hi))
+    best_text = await _render_off_loop(gen, info, without(hi))
     best_n = await _count(loaded, best_text)
     while lo < hi:
         mid = (lo + hi) // 2
-        candidate = _render(gen, info, without(mid))
+        candidate = await _render_off_loop(gen, info, without(mid))
         count = await _count(loaded, candidate)
         if count <= limit:
             hi, best_text, best_n = mid, candidate, count
@@ -208,6 +222,7 @@ async def generate(gen: Generation, scheduler: Scheduler) -> AsyncIterator[Chunk
     """Run one generation; yields content/thinking/tool-call chunks and a final ``done`` chunk."""
     t0 = time.perf_counter_ns()
     info = await check_capabilities(gen, scheduler)
+    grammar = await trio.to_thread.run_sync(format_grammar, gen.format) if gen.format is not None else None
     async with scheduler.use(gen.model, gen.options, gen.keep_alive_s) as loaded:
         t_loaded = time.perf_counter_ns()
         prompt = await build_prompt(gen, info, loaded)
@@ -215,10 +230,8 @@ async def generate(gen: Generation, scheduler: Scheduler) -> AsyncIterator[Chunk
             async for event in loaded.runner.request({"op": "detokenize", "tokens": gen.context}):
                 prompt = str(event.get("text", "")) + prompt
         request: dict[str, Any] = {"op": "completion", "prompt": prompt, "options": gen.options}
-        if gen.format == "json":
-            request["format"] = "json"
-        elif isinstance(gen.format, dict):
-            request["json_schema"] = gen.format
+        if grammar is not None:
+            request["grammar"] = grammar
         template = gen.template or gen.model.template or info.chat_template or ""
         thinking = ThinkingParser() if gen.think else None
         tools = ToolCallParser(gen.tools, template) if gen.tools else None
@@ -261,7 +274,7 @@ async def count_prompt_tokens(gen: Generation, scheduler: Scheduler) -> int:
     """How many tokens the whole prompt for ``gen`` takes in the model's tokenizer (loads the model)."""
     info = await check_capabilities(gen, scheduler)
     async with scheduler.use(gen.model, gen.options, gen.keep_alive_s) as loaded:
-        return await _count(loaded, _render(gen, info, _chat_messages(gen)))
+        return await _count(loaded, await _render_off_loop(gen, info, _chat_messages(gen)))
 
 
 def tool_call_id() -> str:

@@ -7,10 +7,12 @@ from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from typing import Any
 
+import trio
 from quart import Blueprint, Response, current_app
 
 from appliance.engine.scheduler import Scheduler
 from appliance.errors import ApplianceError, BadRequest, ModelNotFound
+from appliance.prompt.render import parse_template
 from appliance.server import inference
 from appliance.server.inference import Chunk, Generation
 from appliance.server.models import get_store
@@ -63,18 +65,58 @@ def _check_messages(messages: Any) -> list[dict[str, Any]]:
         content = msg.get("content", "")
         if content is not None and not isinstance(content, str):
             raise BadRequest(f"messages[{i}]: content must be a string")
+        for key in ("thinking", "tool_name", "tool_call_id", "name"):
+            if msg.get(key) is not None and not isinstance(msg[key], str):
+                raise BadRequest(f"messages[{i}]: {key} must be a string")
         _check_images(msg.get("images"), f"messages[{i}]")
         calls = msg.get("tool_calls")
-        if calls is not None and not isinstance(calls, list):
-            raise BadRequest(f"messages[{i}]: tool_calls must be a list")
+        if calls is not None:
+            if not isinstance(calls, list):
+                raise BadRequest(f"messages[{i}]: tool_calls must be a list")
+            for j, call in enumerate(calls):
+                _check_tool_call(call, f"messages[{i}].tool_calls[{j}]")
     return messages
+
+
+def _check_tool_call(call: Any, where: str) -> None:
+    if not isinstance(call, dict):
+        raise BadRequest(f"{where} must be an object")
+    function = call.get("function")
+    if not isinstance(function, dict):
+        raise BadRequest(f"{where}.function must be an object")
+    if function.get("name") is not None and not isinstance(function["name"], str):
+        raise BadRequest(f"{where}.function.name must be a string")
+    if function.get("arguments") is not None and not isinstance(function["arguments"], dict):
+        raise BadRequest(f"{where}.function.arguments must be an object")
+    if function.get("index") is not None and (
+        not isinstance(function["index"], int) or isinstance(function["index"], bool)
+    ):
+        raise BadRequest(f"{where}.function.index must be an integer")
+    if call.get("id") is not None and not isinstance(call["id"], str):
+        raise BadRequest(f"{where}.id must be a string")
 
 
 def _check_tools(tools: Any) -> list[dict[str, Any]] | None:
     if tools is None or tools == []:
         return None
-    if not isinstance(tools, list) or not all(isinstance(t, dict) for t in tools):
+    if not isinstance(tools, list):
         raise BadRequest("tools must be a list of objects")
+    for i, tool in enumerate(tools):
+        if not isinstance(tool, dict):
+            raise BadRequest(f"tools[{i}] must be an object")
+        if tool.get("type") is not None and not isinstance(tool["type"], str):
+            raise BadRequest(f"tools[{i}].type must be a string")
+        function = tool.get("function")
+        if function is None:
+            continue
+        if not isinstance(function, dict):
+            raise BadRequest(f"tools[{i}].function must be an object")
+        if function.get("name") is not None and not isinstance(function["name"], str):
+            raise BadRequest(f"tools[{i}].function.name must be a string")
+        if function.get("description") is not None and not isinstance(function["description"], str):
+            raise BadRequest(f"tools[{i}].function.description must be a string")
+        if function.get("parameters") is not None and not isinstance(function["parameters"], dict):
+            raise BadRequest(f"tools[{i}].function.parameters must be an object")
     return tools
 
 
@@ -226,18 +268,16 @@ async def generate() -> Any:
     context = body.get("context")
     if context is not None:
         if not isinstance(context, list) or not all(
-            isinstance(t, int) and not isinstance(t, bool) for t in context
+            isinstance(t, int) and not isinstance(t, bool) and 0 <= t < 2**31 for t in context
         ):
-            raise BadRequest("context must be a list of token ids")
+            raise BadRequest("context must be a list of token ids")  # the runner checks them against its vocabulary
         gen.context = context
     _check_images(body.get("images"), "generate")
     gen.want_context = not gen.raw
     if not gen.prompt and not gen.suffix:
         return await _load_or_unload(gen, "response", body)
     if gen.template:
-        from appliance.prompt.gotemplate import Template
-
-        Template.parse(gen.template)
+        await trio.to_thread.run_sync(parse_template, gen.template)
     return await _respond(gen, body, _generate_shape)
 
 

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from quart import current_app, request
 
+from appliance.api import jsonbody
 from appliance.errors import BadRequest, PayloadTooLarge
 
 
@@ -47,17 +47,7 @@ async def read_json() -> dict[str, Any]:
     data = await read_body(current_app.extensions["appliance.config"].max_body_bytes)
     if not data or not data.strip():
         raise BadRequest("missing request body")
-    try:
-        body = json.loads(data)
-    except UnicodeDecodeError as exc:
-        raise BadRequest(f"invalid request body: {exc}") from exc
-    except json.JSONDecodeError as exc:
-        where = f"line {exc.lineno} column {exc.colno}"
-        raise BadRequest(f"invalid JSON in request body: {exc.msg} at {where}") from exc
-    except RecursionError as exc:
-        raise BadRequest("invalid JSON in request body: nested too deeply") from exc
-    except ValueError as exc:  # e.g. an integer past Python's 4300-digit conversion limit
-        raise BadRequest(f"invalid JSON in request body: {exc}") from exc
+    body = await jsonbody.decode(data)
     if not isinstance(body, dict):
         raise BadRequest("request body must be a JSON object")
     request._appliance_json = body  # type: ignore[attr-defined]

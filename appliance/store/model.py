@@ -13,6 +13,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from appliance.api.options import stored_options
 from appliance.errors import BadRequest
 from appliance.store import manifests as mf
 from appliance.store.blobs import BlobStore
@@ -114,7 +115,7 @@ def load_model(blobs: BlobStore, manifests: ManifestStore, name: Name) -> Model:
     params_layer = manifest.first(mf.MEDIA_PARAMS)
     if params_layer is not None:
         loaded = json.loads(blobs.read_bytes(params_layer.digest, SMALL_LAYER_LIMIT) or b"{}")
-        params = loaded if isinstance(loaded, dict) else {}
+        params = stored_options(loaded, f"model {stored.name.display}") if isinstance(loaded, dict) else {}
     messages: list[dict[str, Any]] = []
     messages_layer = manifest.first(mf.MEDIA_MESSAGES)
     if messages_layer is not None:

@@ -50,7 +50,26 @@ async def test_cors(client):
                                                      "Access-Control-Request-Method": "POST",
                                                      "Access-Control-Request-Headers": "content-type"})
     assert pre.status_code == 204 and "POST" in pre.headers["Access-Control-Allow-Methods"]
-    assert pre.headers["Access-Control-Allow-Headers"] == "content-type"
+    assert "Content-Type" in pre.headers["Access-Control-Allow-Headers"]
+
+
+async def test_cors_headers_only_for_allowed_origins(client):
+    """Regression (issue 11, item 11): a refused origin got its 403 with an Allow-Origin echoing it, and
+    a preflight echoed whatever request headers it asked for."""
+    for method in (client.get, client.options):
+        bad = await method("/api/version", headers={"Origin": "http://evil.example.com",
+                                                   "Access-Control-Request-Method": "POST"})
+        assert bad.status_code == 403 and (await bad.get_json()) == {"error": "origin not allowed"}
+        assert not [k for k in bad.headers.keys() if k.lower().startswith("access-control-")]
+    pre = await client.options("/v1/chat/completions", headers={
+        "Origin": "http://localhost:5173", "Access-Control-Request-Method": "POST",
+        "Access-Control-Request-Headers": "x-evil-header, authorization, x-stainless-os"})
+    assert pre.status_code == 204 and pre.headers["Access-Control-Allow-Origin"] == "http://localhost:5173"
+    allowed = {h.strip().lower() for h in pre.headers["Access-Control-Allow-Headers"].split(",")}
+    assert {"authorization", "content-type", "x-stainless-os", "x-stainless-retry-count", "x-api-key",
+            "anthropic-version"} <= allowed
+    assert "x-evil-header" not in allowed
+    assert "Origin" in pre.headers["Vary"]
 
 
 async def test_extra_origins_from_env(tmp_path):
