@@ -124,6 +124,7 @@ def create_app(cfg: envconfig.Config, store: Store | None = None) -> QuartTrio:
 
 def _error(message: str, status: int) -> Response:
     response = current_app.json.response({"error": message})
+    assert isinstance(response, Response)  # Quart's JSON provider builds the app's response_class
     response.status_code = status
     return _cors(response)
 

@@ -155,7 +155,7 @@ async def _load_or_unload(gen: Generation, key: str, body: dict[str, Any]) -> di
     return out
 
 
-def _respond(gen: Generation, body: dict[str, Any], shape: Any) -> Response | Any:
+async def _respond(gen: Generation, body: dict[str, Any], shape: Any) -> Response | dict[str, Any]:
     """Stream NDJSON chunks or collect them into one object (``stream: false``)."""
     scheduler = get_scheduler()
     name = body.get("model") or body.get("name")
@@ -165,16 +165,12 @@ def _respond(gen: Generation, body: dict[str, Any], shape: Any) -> Response | An
             yield shape(name, chunk)
 
     if stream_flag(body):
-        return _stream(events())
-
-    async def collect() -> dict[str, Any]:
-        merged: dict[str, Any] | None = None
-        async for obj in events():
-            merged = obj if merged is None else _merge(merged, obj)
-        assert merged is not None
-        return merged
-
-    return collect()
+        return await _stream(events())
+    merged: dict[str, Any] | None = None
+    async for obj in events():
+        merged = obj if merged is None else _merge(merged, obj)
+    assert merged is not None
+    return merged
 
 
 async def _stream(events: AsyncIterator[dict[str, Any]]) -> Response:
@@ -247,8 +243,7 @@ async def chat() -> Any:
     gen.tools = _check_tools(body.get("tools"))
     if not gen.messages:
         return await _load_or_unload(gen, "message", body)
-    result = _respond(gen, body, _chat_shape)
-    return await result
+    return await _respond(gen, body, _chat_shape)
 
 
 @bp.post("/api/generate")

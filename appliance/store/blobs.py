@@ -26,7 +26,7 @@ TEMP_PREFIX = ".tmp-"
 CHUNK = 1 << 20
 
 
-def parse_digest(digest: str) -> str:
+def parse_digest(digest: object) -> str:
     """Return the canonical ``sha256:<lowercase hex>`` form of ``digest`` or raise InvalidDigest."""
     match = _DIGEST_RE.fullmatch(digest) if isinstance(digest, str) else None
     if match is None:

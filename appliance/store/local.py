@@ -7,6 +7,7 @@ delete, prune) so a prune never removes a blob that a concurrent create is about
 
 from __future__ import annotations
 
+import builtins
 import logging
 import os
 import threading
@@ -77,7 +78,7 @@ class Store:
             digests |= stored.manifest.all_digests()
         return digests
 
-    def prune(self, grace_s: float = 3600.0) -> list[str]:
+    def prune(self, grace_s: float = 3600.0) -> builtins.list[str]:
         """Remove blobs no manifest references (older than ``grace_s``) and stale temp files."""
         with self.lock:
             self.manifests.remove_stale_temps()
