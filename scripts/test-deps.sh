@@ -7,6 +7,7 @@
 #   ShellCheck       lints installer/*.sh and wsl/*.sh (tests/installer/test_scripts.py)
 #   debootstrap      builds the throw-away Debian root of tests/installer and tests/binary
 #   systemd          for systemd-analyze, which verifies the unit and override install.sh writes
+#   tmux             drives `ollama run` in a real terminal (tests/cli/test_interactive.py)
 # Quick when everything is present; without apt (or root/sudo) it only says what is missing.
 
 ensure_test_tools() {
@@ -16,6 +17,7 @@ ensure_test_tools() {
     command -v shellcheck >/dev/null 2>&1 || missing="$missing shellcheck"
     command -v debootstrap >/dev/null 2>&1 || [ -x /usr/sbin/debootstrap ] || missing="$missing debootstrap"
     command -v systemd-analyze >/dev/null 2>&1 || missing="$missing systemd"
+    command -v tmux >/dev/null 2>&1 || missing="$missing tmux"
     [ -f /usr/include/zlib.h ] || missing="$missing zlib1g-dev"
     [ -n "$missing" ] || return 0
     sudo=

@@ -1,4 +1,9 @@
-"""Shared fixtures: the bundled test model and real server processes on free loopback ports."""
+"""Shared fixtures: the bundled test model and real server processes on free loopback ports.
+
+A skip is never silent in CI: with ``CI=true`` every skip (a ``skip``/``skipif`` mark, ``pytest.skip``
+in a test or fixture, ``importorskip``, a skipped module) is reported as a failure naming what the test
+needed, so a machine that lacks a prerequisite cannot pass the suite by not running its tests.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +14,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from pathlib import Path
 
 import httpx
@@ -18,6 +23,36 @@ import pytest
 from appliance.assets.default_model import bundled_gguf, modelfile
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+def skips_fail() -> bool:
+    """True in CI (``CI=true``, as CI systems set it), where a skipped test counts as a failed one."""
+    return os.environ.get("CI", "").strip().lower() in ("true", "1", "yes")
+
+
+def _fail_skip(report: pytest.TestReport | pytest.CollectReport) -> None:
+    longrepr = report.longrepr
+    reason = longrepr[2] if isinstance(longrepr, tuple) and len(longrepr) == 3 else str(longrepr)
+    report.outcome = "failed"
+    report.longrepr = f"skipped, and CI=true allows no skip: {reason.removeprefix('Skipped: ')}"
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]
+                               ) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+    report: pytest.TestReport = yield
+    if report.skipped and not hasattr(report, "wasxfail") and skips_fail():
+        _fail_skip(report)
+    return report
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_make_collect_report(collector: pytest.Collector
+                               ) -> Generator[None, pytest.CollectReport, pytest.CollectReport]:
+    report: pytest.CollectReport = yield
+    if report.skipped and skips_fail():
+        _fail_skip(report)
+    return report
 
 
 def free_port() -> int:

@@ -6,7 +6,8 @@ that name, so these tests silently did not run.)
 
 The chroot test is the proof that the file needs nothing installed: a ``debootstrap --variant=minbase``
 root has no Python, no compiler and no pip.  It is skipped, loudly, only where this machine can never
-run it (not Linux, not root, chroot or mounts forbidden); a root that cannot be built fails.
+run it (not Linux, not root, chroot or mounts forbidden), and that skip fails under CI=true
+(tests/conftest.py); a root that cannot be built fails everywhere.
 """
 
 from __future__ import annotations

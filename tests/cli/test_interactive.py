@@ -251,7 +251,7 @@ def terse(server):
         yield name
 
 
-@pytest.mark.skipif(shutil.which("tmux") is None, reason="needs tmux")
+@pytest.mark.skipif(shutil.which("tmux") is None, reason="needs tmux (scripts/test-deps.sh installs it)")
 def test_interactive_session_in_a_terminal(server, terse):
     command = f"{shlex.quote(sys.executable)} -m appliance run {terse}; echo EXIT=$?; sleep 60"
     term = Tmux(server.env, command)
@@ -294,7 +294,7 @@ def test_interactive_session_in_a_terminal(server, terse):
     assert "What is the capital of France?" in history and "/bye" in history
 
 
-@pytest.mark.skipif(shutil.which("tmux") is None, reason="needs tmux")
+@pytest.mark.skipif(shutil.which("tmux") is None, reason="needs tmux (scripts/test-deps.sh installs it)")
 def test_ctrl_c_stops_a_reply_and_ctrl_d_exits(server, terse):
     command = (f"OLLAMA_NOHISTORY=1 {shlex.quote(sys.executable)} -m appliance run {terse}; "
                "echo EXIT=$?; sleep 60")

@@ -429,14 +429,16 @@ def test_missing_proc_falls_back_to_os_cpu_count(tmp_path):
     assert info == SystemInfo("unknown", (), os.cpu_count() or 1, 0, 0, ())
 
 
-@pytest.mark.skipif(shutil.which("nvidia-smi") is not None or Path("/sys/class/kfd").exists(),
-                    reason="this machine has a GPU driver")
-def test_this_machine_is_cpu_only():
+def test_this_machine_is_discovered():
+    # No skip on a machine with a GPU driver (a skip fails under CI=true): the CPU part is checked
+    # everywhere, "no GPU" only where there is no driver.
     info = discover()
-    assert info.gpus == ()
     assert "avx2" in info.cpu_features
     assert info.threads >= 1 and info.total_memory_bytes >= info.free_memory_bytes > 0
-    assert describe(info).startswith(f"inference compute: cpu ({info.threads} threads, ")
+    assert f"cpu ({info.threads} threads, " in describe(info)
+    if shutil.which("nvidia-smi") is None and not Path("/sys/class/kfd").exists():
+        assert info.gpus == ()
+        assert describe(info).startswith(f"inference compute: cpu ({info.threads} threads, ")
 
 
 # --- layers_to_offload ----------------------------------------------------------------------------

@@ -2,7 +2,8 @@
 
 The chroot tests fail when debootstrap cannot build the root (a missing tool or an unreachable mirror
 is a broken test machine, not a reason to skip); they are skipped, loudly, only where this machine can
-never run them: not Linux, not root, or chroot forbidden.
+never run them: not Linux, not root, or chroot forbidden.  Under CI=true that skip fails too
+(tests/conftest.py): a CI machine must be able to run them.
 """
 
 from __future__ import annotations

