@@ -37,6 +37,8 @@ DEFAULT_LOAD_TIMEOUT_S = 300.0
 #: Chat requests carry base64 images, so tens of MB are legitimate; blob uploads are streamed to
 #: disk and exempt.
 DEFAULT_MAX_BODY_BYTES = 64 * 1024 * 1024
+DEFAULT_MAX_CONNECTIONS = 512
+DEFAULT_READ_TIMEOUT_S = 60.0
 #: Python logging level for OLLAMA_DEBUG=2 (below DEBUG=10).
 TRACE = 5
 
@@ -253,6 +255,21 @@ class Config:
             "OLLAMA_MAX_BODY_BYTES",
             _read_positive,
             "Largest request body in bytes; blob uploads are exempt (default 64 MiB)",
+        ),
+    )
+    max_connections: int = field(
+        default=DEFAULT_MAX_CONNECTIONS,
+        metadata=_var(
+            "OLLAMA_MAX_CONNECTIONS", _read_positive,
+            "Open client connections at most; more get 503 (default 512)",
+        ),
+    )
+    read_timeout_s: float = field(
+        default=DEFAULT_READ_TIMEOUT_S,
+        metadata=_var(
+            "OLLAMA_READ_TIMEOUT",
+            _Env.timeout,
+            "Longest wait for a client's request headers or next body bytes (default 60s)",
         ),
     )
     models_dir: Path = field(

@@ -46,7 +46,7 @@ class OptionSpec:
 
 _INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
 _INT32_MIN, _INT32_MAX = -(2**31), 2**31 - 1
-_SPECS = (
+_SPECS: tuple[OptionSpec, ...] = (
     # Runner options, fixed when the model is loaded.
     OptionSpec("num_ctx", int, 4096, "Context window size in tokens.", True),
     OptionSpec("num_batch", int, 512, "Prompt tokens evaluated per batch.", True),
@@ -77,7 +77,8 @@ _SPECS = (
 # value outside int32 is an error, not a large request: 4294967297 would silently become 1.
 _SPECS = tuple(
     OptionSpec(s.name, s.type, s.default, s.description, s.load_time,
-               (_INT64_MIN, _INT64_MAX) if s.name == "seed" else (_INT32_MIN, _INT32_MAX)) if s.type is int else s
+               (_INT64_MIN, _INT64_MAX) if s.name == "seed" else (_INT32_MIN, _INT32_MAX))
+    if s.type is int else s
     for s in _SPECS
 )
 
@@ -193,7 +194,8 @@ def _check_stop(spec: OptionSpec, value: str) -> str:
     # Every stop string is matched against the output after every token, in the runner's decode loop
     # that all parallel requests share: its cost must stay small.
     if len(value) > MAX_STOP_CHARS:
-        raise InvalidParameter(f'option "{spec.name}": a stop sequence may be at most {MAX_STOP_CHARS} characters')
+        raise InvalidParameter(
+            f'option "{spec.name}": a stop sequence may be at most {MAX_STOP_CHARS} characters')
     return value
 
 

@@ -174,7 +174,8 @@ class Runner:
         """A grammar sampler for ``grammar`` (GBNF).  Called on the command-reader thread: ctypes lets
         go of the GIL, so parsing a large grammar never stalls the decode loop."""
         if len(grammar) > MAX_GRAMMAR_CHARS:
-            raise BadRequestError(f"grammar for structured output is larger than {MAX_GRAMMAR_CHARS} characters")
+            raise BadRequestError(
+                f"grammar for structured output is larger than {MAX_GRAMMAR_CHARS} characters")
         g = self.llama.llama_sampler_init_grammar(self.vocab, grammar.encode(), b"root")
         if not g:
             raise BadRequestError("invalid grammar for structured output")
@@ -521,6 +522,8 @@ class Runner:
         vectors, total = [], 0
         for text in cmd.get("inputs", []):
             tokens = self.tokenize(text, True)
+            if not tokens:  # "" (without a BOS token): llama_decode refuses an empty batch
+                raise BadRequestError("cannot embed an empty input")
             if len(tokens) > limit:
                 if not cmd.get("truncate", True):
                     raise BadRequestError("the input length exceeds the context length")

@@ -23,7 +23,7 @@ from appliance.engine import gpu
 from appliance.engine.process import RUNNER_STOP_GRACE_S
 from appliance.engine.scheduler import Scheduler
 from appliance.errors import ApplianceError
-from appliance.server import anthropic, models, native, openai, transfer
+from appliance.server import anthropic, connections, models, native, openai, transfer
 from appliance.server import openapi as openapi_doc
 from appliance.server.requests import body_left_unread
 from appliance.store.local import Store
@@ -185,6 +185,7 @@ async def serve(cfg: envconfig.Config, *, task_status: Any = trio.TASK_STATUS_IG
     """Serve until SIGINT/SIGTERM, then shut down cleanly."""
     app = create_app(cfg)
     hc = _hypercorn_config(cfg)
+    connections.install(cfg.max_connections, cfg.read_timeout_s)
     log.info(startup_banner(cfg))
     async with trio.open_nursery() as nursery:
         shutdown = trio.Event()

@@ -265,7 +265,7 @@ async def generate() -> Any:
         if not isinstance(context, list) or not all(
             isinstance(t, int) and not isinstance(t, bool) and 0 <= t < 2**31 for t in context
         ):
-            raise BadRequest("context must be a list of token ids")  # the runner checks them against its vocabulary
+            raise BadRequest("context must be a list of token ids")  # the runner checks them against n_vocab
         gen.context = context
     _check_images(body.get("images"), "generate")
     gen.want_context = not gen.raw
