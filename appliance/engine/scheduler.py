@@ -243,7 +243,8 @@ class Scheduler:
             loaded.slots.release()
             loaded.refs -= 1
             loaded.last_used = time.monotonic()
-            loaded.keep_alive_s = keep
+            # keep_alive_s is not reset here: the latest request to start (or an unload, which sets
+            # 0 while requests run) decides, as in Ollama; resetting it let a stop go unheeded.
             if loaded.refs == 0:
                 self._schedule_expiry(loaded)
             self._notify()

@@ -91,3 +91,18 @@ async def test_offload_follows_free_vram_and_requests(store: Store) -> None:
     assert 0 < partial <= layers
     assert Scheduler(cfg, system=_system(20)).load_options(smol, {"num_gpu": 5}, info).num_gpu == 5
     assert Scheduler(cfg, system=_system(20)).load_options(smol, {"num_gpu": 0}, info).num_gpu == 0
+
+
+async def test_an_unload_during_a_request_takes_effect_when_it_ends(store: Store) -> None:
+    # ollama stop (keep_alive 0) while a generation runs: Ollama unloads once the request is done.
+    sched = Scheduler(envconfig.Config.from_env({"HOME": "/tmp"}))
+    smol = store.get(parse_name("smol"))
+    async with trio.open_nursery() as nursery:
+        await nursery.start(sched.run)
+        async with sched.use(smol, {}, None):
+            assert await sched.unload_model(smol)
+            assert len(sched.loaded) == 1  # not while the request holds its slot
+        with trio.fail_after(10):
+            while sched.loaded:
+                await trio.sleep(0.05)
+        nursery.cancel_scope.cancel()
