@@ -15,6 +15,8 @@
      ├── Conflict                       409
      ├── PayloadTooLarge                413  a JSON body over OLLAMA_MAX_BODY_BYTES
      ├── ServerBusy                     503  the request queue is full
+     ├── InsufficientStorage            507  the models folder's disk is full (ENOSPC/EDQUOT), or a
+     │                                       pull or upload would not fit
      └── RunnerError                    500  a model runner failed or died
 
 The registry client (appliance/store/distribution.py, transfer.py) adds, next to its callers:
@@ -26,7 +28,6 @@ The registry client (appliance/store/distribution.py, transfer.py) adds, next to
     RegistryUnauthorized                403  the registry refused our credentials (403, not 401: the
                                              credentials are the registry's, not this server's)
     InsecureProtocol (BadRequest)       400  an http:// registry without ``insecure``
-    InsufficientStorage                 507  the pull does not fit on the disk
 
 Lower-layer errors (OSError, httpx, llama.cpp) are translated at the boundary with
 ``raise SomeError(...) from exc``; the server turns every ApplianceError into
@@ -103,6 +104,13 @@ class PayloadTooLarge(ApplianceError):
 
 class ServerBusy(ApplianceError):
     status = 503
+
+
+class InsufficientStorage(ApplianceError):
+    """Out of disk space.  507 rather than 500: a client can tell "free some space" from a server bug,
+    and it is still a 5xx, so nothing treats it as the request's own fault."""
+
+    status = 507
 
 
 class RunnerError(ApplianceError):

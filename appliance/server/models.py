@@ -7,6 +7,7 @@ runs in a worker thread.
 from __future__ import annotations
 
 import functools
+import os
 from typing import Any
 
 import trio
@@ -14,11 +15,12 @@ from quart import Blueprint, Response, current_app, request
 
 from appliance import OLLAMA_COMPAT_VERSION, __version__
 from appliance.api.options import format_parameters
-from appliance.errors import BadRequest, BlobNotFound, ModelNotFound
+from appliance.errors import ApplianceError, BadRequest, BlobNotFound, InsufficientStorage, ModelNotFound
+from appliance.server import bodies
 from appliance.server.requests import mark_body_read, read_json, require_str, stream_flag
 from appliance.server.streaming import job_response
 from appliance.store import create as creating
-from appliance.store.blobs import parse_digest
+from appliance.store.blobs import BlobWriter, parse_digest, translate_disk_full
 from appliance.store.gguf import model_info, read_gguf
 from appliance.store.local import Store
 from appliance.store.model import Model, capabilities
@@ -26,9 +28,14 @@ from appliance.store.modelfile import render_modelfile
 from appliance.store.names import parse_name
 
 bp = Blueprint("models", __name__)
+# Blob uploads need request bodies that push back (appliance/server/bodies.py).  This belongs in
+# create_app; it is done here, where the need is, until app.py takes it over.
+bp.record_once(lambda state: bodies.install(state.app))
 
 #: Blob uploads are written in chunks of this size, one thread hop each.
 UPLOAD_CHUNK = 4 << 20
+#: How long the rest of a failed upload is read and dropped before answering (see _drain_body).
+DRAIN_AFTER_ERROR_S = 10.0
 
 
 def get_store() -> Store:
@@ -168,24 +175,65 @@ async def push_blob(digest: str) -> Response:
     if await trio.to_thread.run_sync(store.blobs.exists, expected):
         return Response(b"", status=200)  # already here: nothing to write (Ollama answers 200 too)
     request.body_timeout = None  # blobs are model weights: streamed to disk, never held in memory
+    try:
+        await trio.to_thread.run_sync(_check_room, store, request.content_length)
+        await _receive_blob(store, expected)
+    except ApplianceError:
+        await _drain_body()
+        raise
+    return Response(b"", status=201)
+
+
+def _check_room(store: Store, declared: int | None) -> None:
+    """Refuse at once (507) a body that says it is larger than the free space."""
+    if declared is None:
+        return
+    with translate_disk_full(store.root):
+        store.ensure_dirs()
+    stat = os.statvfs(store.blobs.blobs_dir)
+    free = stat.f_bavail * stat.f_frsize
+    if declared > free:
+        raise InsufficientStorage(f"no space left on device: the blob is {declared} bytes, {free} are free")
+
+
+async def _receive_blob(store: Store, expected: str) -> None:
     writer = await trio.to_thread.run_sync(store.blobs.open_writer, expected)
     try:
-        buffer = bytearray()
-        async for chunk in request.body:
-            buffer += chunk
-            if len(buffer) >= UPLOAD_CHUNK:
-                await trio.to_thread.run_sync(writer.write, bytes(buffer))
-                buffer.clear()
+        pending: list[bytes] = []
+        size = 0
+        async for chunk in request.body:  # at most bodies.HIGH_WATER_BYTES at a time
+            pending.append(chunk)
+            size += len(chunk)
+            if size >= UPLOAD_CHUNK:
+                await trio.to_thread.run_sync(_write_all, writer, pending)
+                pending, size = [], 0
         mark_body_read()
-        if buffer:
-            await trio.to_thread.run_sync(writer.write, bytes(buffer))
+        await trio.to_thread.run_sync(_write_all, writer, pending)
         await trio.to_thread.run_sync(writer.commit)
     finally:
         # Shielded: a client that disconnects mid-upload cancels this handler, and the temp file
         # must still go.  No-op after a successful commit.
         with trio.CancelScope(shield=True):
             await trio.to_thread.run_sync(writer.abort)
-    return Response(b"", status=201)
+
+
+def _write_all(writer: BlobWriter, chunks: list[bytes]) -> None:
+    for chunk in chunks:
+        writer.write(chunk)
+
+
+async def _drain_body() -> None:
+    """Read and drop what is left of a failed upload, so the client gets to read the error.
+
+    Closing a connection with unread data in it makes the kernel send a reset, which can destroy the
+    response before the client reads it (RFC 9112, section 9.6; Windows clients, WSL2's included,
+    drop unread data on a reset).  Bounded in time; past that, the connection closes anyway
+    (``Connection: close``, see :func:`appliance.server.requests.body_left_unread`).
+    """
+    with trio.move_on_after(DRAIN_AFTER_ERROR_S):
+        async for _ in request.body:
+            pass
+        mark_body_read()
 
 
 @bp.post("/api/create")

@@ -2,14 +2,20 @@
 
 Every write goes to a temporary file in the same folder, is hashed while it is written, fsynced,
 checked against the digest it claims, and only then renamed into place: a reader never sees a
-half-written or wrong blob, and a crash leaves at most a temp file that the start-up prune removes.
+half-written or wrong blob.  A writer holds an ``flock`` on its temp file for the file's whole life
+(taken under the store lock, so a prune never sees the file unlocked); a temp file nobody holds a lock
+on belongs to a writer that died, and the start-up prune removes it at once, whatever its age.
+A full disk (ENOSPC/EDQUOT) becomes InsufficientStorage (507), and leaves nothing behind.
 A digest is validated (``sha256:`` or ``sha256-`` + exactly 64 hex digits) before it becomes a path.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
+import fcntl
 import hashlib
+import logging
 import os
 import re
 import secrets
@@ -18,12 +24,33 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import BinaryIO
 
-from appliance.errors import BlobNotFound, DigestMismatch, InvalidDigest
+from appliance.errors import BlobNotFound, DigestMismatch, InsufficientStorage, InvalidDigest
+from appliance.store.lock import StoreLock
 
 _DIGEST_RE = re.compile(r"sha256[:-]([0-9a-fA-F]{64})")
 _BLOB_FILE_RE = re.compile(r"sha256-[0-9a-f]{64}")
+_PARTIAL_RE = re.compile(r"(sha256-[0-9a-f]{64}-partial)(-[0-9]{1,6})?")
 TEMP_PREFIX = ".tmp-"
 CHUNK = 1 << 20
+DISK_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
+
+log = logging.getLogger(__name__)
+
+
+#: What a client is told; the folder's path goes to the log only (no path of ours reaches a client).
+DISK_FULL_MESSAGE = "no space left on device: the disk holding the models folder is full"
+
+
+@contextlib.contextmanager
+def translate_disk_full(folder: str | os.PathLike[str]) -> Iterator[None]:
+    """Turn an out-of-space OSError raised inside into InsufficientStorage (507); log ``folder``."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.errno in DISK_FULL_ERRNOS:
+            log.warning("no space left on device writing to %s", folder)
+            raise InsufficientStorage(DISK_FULL_MESSAGE) from exc
+        raise
 
 
 def parse_digest(digest: object) -> str:
@@ -65,24 +92,39 @@ class BlobWriter:
         self.expected = parse_digest(expected) if expected is not None else None
         self._hash = hashlib.sha256()
         self.size = 0
-        store.blobs_dir.mkdir(parents=True, exist_ok=True)
-        self.temp_path = store.blobs_dir / f"{TEMP_PREFIX}{secrets.token_hex(8)}"
-        self._file: BinaryIO | None = open(self.temp_path, "xb")
+        with translate_disk_full(store.blobs_dir), store.lock:
+            store.blobs_dir.mkdir(parents=True, exist_ok=True)
+            self.temp_path = store.blobs_dir / f"{TEMP_PREFIX}{secrets.token_hex(8)}"
+            self._file: BinaryIO | None = open(self.temp_path, "x+b")
+            fcntl.flock(self._file.fileno(), fcntl.LOCK_EX)  # a new file: never contended
+
+    def fileno(self) -> int:
+        """The temp file's descriptor: a child process that writes the file inherits it (and the lock)."""
+        assert self._file is not None, "fileno after commit/abort"
+        return self._file.fileno()
 
     def write(self, data: bytes) -> None:
         assert self._file is not None, "write after commit/abort"
-        self._file.write(data)
+        with translate_disk_full(self._store.blobs_dir):
+            self._file.write(data)
         self._hash.update(data)
         self.size += len(data)
+
+    def adopt_contents(self) -> None:
+        """Hash what another process wrote into :attr:`temp_path` (a quantizer), instead of writes."""
+        assert self._file is not None and self.size == 0, "adopt before any write"
+        self._file.seek(0)
+        while chunk := self._file.read(CHUNK):
+            self._hash.update(chunk)
+            self.size += len(chunk)
 
     def commit(self) -> tuple[str, bool]:
         """Verify, fsync and rename into place; return (digest, created). Removes the temp on failure."""
         assert self._file is not None, "commit twice"
         try:
-            self._file.flush()
-            os.fsync(self._file.fileno())
-            self._file.close()
-            self._file = None
+            with translate_disk_full(self._store.blobs_dir):
+                self._file.flush()
+                os.fsync(self._file.fileno())
             digest = "sha256:" + self._hash.hexdigest()
             if self.expected is not None and digest != self.expected:
                 raise DigestMismatch(f"digest mismatch, expected {self.expected!r}, got {digest!r}")
@@ -95,6 +137,8 @@ class BlobWriter:
             else:
                 self.temp_path.unlink(missing_ok=True)
                 os.utime(final)  # a fresh mtime protects a re-used blob from the prune grace check
+            self._file.close()  # only now: the lock keeps a prune away until the rename
+            self._file = None
             return digest, created
         except BaseException:
             self.abort()
@@ -102,8 +146,9 @@ class BlobWriter:
 
     def abort(self) -> None:
         if self._file is not None:
-            self._file.close()
-            self._file = None
+            file, self._file = self._file, None
+            with contextlib.suppress(OSError):  # closing flushes, and on a full disk that fails too
+                file.close()
         self.temp_path.unlink(missing_ok=True)
 
     def __enter__(self) -> BlobWriter:
@@ -117,9 +162,10 @@ class BlobWriter:
 class BlobStore:
     """The ``blobs`` folder of a models directory."""
 
-    def __init__(self, models_dir: str | os.PathLike[str]) -> None:
+    def __init__(self, models_dir: str | os.PathLike[str], lock: StoreLock | None = None) -> None:
         self.models_dir = Path(models_dir)
         self.blobs_dir = self.models_dir / "blobs"
+        self.lock = lock or StoreLock(self.models_dir)
 
     def path(self, digest: str) -> Path:
         """The file a digest lives in (validated; never outside ``blobs/``)."""
@@ -176,27 +222,74 @@ class BlobStore:
         self.path(digest).unlink(missing_ok=True)
 
     def prune(self, keep: set[str], grace_s: float = 3600.0) -> list[str]:
-        """Remove blobs not in ``keep`` and stale temp/partial files older than ``grace_s``.
+        """Remove blobs not in ``keep`` and what dead writers left behind; call it under the store lock.
 
-        The grace period protects blobs that a concurrent create or pull wrote but whose manifest is
-        not written yet (Ollama uses one hour too).
+        * a temp file nobody holds a lock on goes at once (its writer died: see the module doc);
+        * an unreferenced blob, a partial download and any other file go once older than ``grace_s``.
+          The grace period protects blobs that a concurrent pull wrote but whose manifest is not
+          written yet, and keeps a partial download to resume for an hour (as Ollama does); a
+          partial that a live download holds locked is never removed.
         """
         removed: list[str] = []
         now = time.time()
-        with contextlib.suppress(FileNotFoundError):
-            for entry in os.scandir(self.blobs_dir):
-                if not entry.is_file(follow_symlinks=False):
-                    continue
-                try:
-                    age = now - entry.stat().st_mtime
-                except FileNotFoundError:
-                    continue
-                if age < grace_s:
-                    continue
-                if _BLOB_FILE_RE.fullmatch(entry.name):
-                    digest = "sha256:" + entry.name[7:]
-                    if digest in keep:
-                        continue
+        try:
+            entries = [entry for entry in os.scandir(self.blobs_dir) if entry.is_file(follow_symlinks=False)]
+        except FileNotFoundError:
+            return removed
+        for entry in entries:
+            name = entry.name
+            if name.startswith(TEMP_PREFIX):
+                if _remove_unless_locked(Path(entry.path)):
+                    removed.append(name)
+                continue
+            try:
+                age = now - entry.stat().st_mtime
+            except FileNotFoundError:
+                continue
+            if age < grace_s:
+                continue
+            if _BLOB_FILE_RE.fullmatch(name) and "sha256:" + name[7:] in keep:
+                continue
+            partial = _PARTIAL_RE.fullmatch(name)
+            if partial is not None:
+                if partial.group(2) and _is_locked(self.blobs_dir / partial.group(1)):
+                    continue  # the state of a download in progress
+                if _remove_unless_locked(Path(entry.path)):
+                    removed.append(name)
+                continue
+            with contextlib.suppress(FileNotFoundError):
                 os.unlink(entry.path)
-                removed.append(entry.name)
+                removed.append(name)
         return removed
+
+
+def _remove_unless_locked(path: Path) -> bool:
+    """Unlink ``path`` if no process holds an flock on it (checked and removed while we hold it)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        return False
+    try:
+        path.unlink(missing_ok=True)
+        return True
+    finally:
+        os.close(fd)
+
+
+def _is_locked(path: Path) -> bool:
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        return False
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)

@@ -1,8 +1,11 @@
 """The local model store: blobs + manifests under OLLAMA_MODELS, and the operations on whole models.
 
-Every method here is blocking file I/O; the server calls them through ``trio.to_thread``.  A lock
-(one per store) serialises the operations that change which blobs are referenced (create, copy,
-delete, prune) so a prune never removes a blob that a concurrent create is about to reference.
+Every method here is blocking file I/O; the server calls them through ``trio.to_thread``.  The
+store lock (:mod:`appliance.store.lock`, across threads and processes) serialises every operation
+that changes which blobs are referenced: a manifest is written only after checking, under the lock,
+that every blob it names is present with its size, and delete and prune decide what to remove under
+the same lock.  So no interleaving of create, copy, pull, delete and prune can leave a manifest that
+points at a missing blob.
 """
 
 from __future__ import annotations
@@ -10,11 +13,11 @@ from __future__ import annotations
 import builtins
 import logging
 import os
-import threading
 from pathlib import Path
 
 from appliance.errors import BadRequest, ModelNotFound
 from appliance.store.blobs import BlobStore
+from appliance.store.lock import StoreLock
 from appliance.store.manifests import Manifest, ManifestStore, StoredManifest
 from appliance.store.model import Model, load_model
 from appliance.store.names import Name
@@ -27,9 +30,9 @@ class Store:
 
     def __init__(self, models_dir: str | os.PathLike[str]) -> None:
         self.root = Path(models_dir).expanduser()
-        self.blobs = BlobStore(self.root)
+        self.lock = StoreLock(self.root)
+        self.blobs = BlobStore(self.root, self.lock)
         self.manifests = ManifestStore(self.root)
-        self.lock = threading.RLock()
 
     def ensure_dirs(self) -> None:
         self.blobs.blobs_dir.mkdir(parents=True, exist_ok=True)
@@ -48,18 +51,31 @@ class Store:
                 raise
             raise ModelNotFound(as_typed) from None
 
-    def write_manifest(self, name: Name, manifest: Manifest) -> None:
-        """Write a manifest after checking every blob it names is present with the right size."""
+    def check_blobs(self, manifest: Manifest) -> None:
+        """Raise BlobNotFound / BadRequest unless every blob ``manifest`` names is here, size and all."""
         for layer in (manifest.config, *manifest.layers):
             size = self.blobs.size(layer.digest)
             if size != layer.size:
                 raise BadRequest(f"layer {layer.digest} has {size} bytes, manifest says {layer.size}")
+
+    def write_manifest(self, name: Name, manifest: Manifest, data: bytes | None = None) -> None:
+        """Write ``manifest`` (as ``data`` byte for byte, when given) once its blobs are checked.
+
+        Check and write happen under the store lock, so a concurrent delete or prune cannot remove a
+        blob in between.
+        """
         with self.lock:
-            self.manifests.write(name, manifest)
+            self.check_blobs(manifest)
+            if data is None:
+                self.manifests.write(name, manifest)
+            else:
+                self.manifests.write_bytes(name, data)
 
     def copy(self, source: Name, destination: Name) -> None:
+        """Copy a manifest; a source with a missing blob is refused rather than copied broken."""
         with self.lock:
             stored = self.manifests.get(source)
+            self.check_blobs(stored.manifest)
             self.manifests.write(destination, stored.manifest)
 
     def delete(self, name: Name) -> None:

@@ -24,7 +24,7 @@ from typing import Any, Concatenate, ParamSpec, TypeVar
 
 from appliance.api.gojson import go_marshal
 from appliance.errors import ApplianceError, BadRequest, InvalidName, ModelNotFound
-from appliance.store.blobs import parse_digest
+from appliance.store.blobs import parse_digest, translate_disk_full
 from appliance.store.names import Name, name_from_manifest_path
 
 log = logging.getLogger(__name__)
@@ -229,16 +229,20 @@ class ManifestStore:
     @_without_paths
     def write_bytes(self, name: Name, data: bytes) -> Path:
         """Atomically write ``data`` byte for byte as ``name``'s manifest (a pull keeps the registry's
-        bytes, so its digest stays the registry's), replacing any differently-cased twin."""
+        bytes, so its digest stays the registry's), replacing any differently-cased twin.
+
+        Callers hold the store lock (:class:`appliance.store.local.Store` does): the start-up prune
+        removes every manifest temp file under that lock."""
         target = self._exact_path(name)
         twin = self.find_path(name)
-        target.parent.mkdir(parents=True, exist_ok=True)
         tmp = target.parent / f".tmp-{secrets.token_hex(8)}"
         try:
-            with open(tmp, "xb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
+            with translate_disk_full(self.root):
+                target.parent.mkdir(parents=True, exist_ok=True)
+                with open(tmp, "xb") as f:
+                    f.write(data)
+                    f.flush()
+                    os.fsync(f.fileno())
             os.chmod(tmp, 0o644)
             os.replace(tmp, target)
         finally:

@@ -101,7 +101,8 @@ class PartialFiles:
 
     def save(self, part: Part) -> None:
         target = self.part_path(part.n)
-        tmp = target.with_name(f".tmp-{secrets.token_hex(8)}")
+        # Not ".tmp-": the prune removes unlocked ".tmp-" files at once, and this one is not locked.
+        tmp = target.with_name(f".state-{secrets.token_hex(8)}")
         try:
             with open(tmp, "xb") as f:
                 f.write(part.to_json())

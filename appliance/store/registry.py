@@ -24,7 +24,7 @@ from typing import Any
 import trio
 
 from appliance import envconfig
-from appliance.errors import ApplianceError, BadRequest, ModelNotFound
+from appliance.errors import ApplianceError, BadRequest, InsufficientStorage, ModelNotFound, NotFound
 from appliance.store.distribution import (
     MANIFEST_LISTS,
     MAX_MANIFEST_BYTES,
@@ -45,7 +45,6 @@ from appliance.store.manifests import Manifest, StoredManifest
 from appliance.store.names import Name
 from appliance.store.transfer import (
     Downloads,
-    InsufficientStorage,
     bytes_still_needed,
     check_free_space,
     task_group,
@@ -144,10 +143,10 @@ async def pull(store: Store, name: Name, insecure: bool, progress: Progress, *,
                 nursery.start_soon(downloads.fetch, client, store, digest, size, reporter(digest))
     progress({"status": "verifying sha256 digest"})
     # Every blob was hashed as it arrived and renamed only when it matched; what is left to check is
-    # that nothing replaced or truncated one since.
-    await trio.to_thread.run_sync(_check_sizes, store, blobs)
+    # that nothing removed, replaced or truncated one since: write_manifest_bytes checks that under
+    # the store lock, together with the write.
     progress({"status": "writing manifest"})
-    await trio.to_thread.run_sync(write_manifest_bytes, store, name, data)
+    await trio.to_thread.run_sync(write_manifest_bytes, store, name, data, manifest)
     unused = old - set(blobs)
     if prune and unused:
         progress({"status": "removing unused layers"})
@@ -165,18 +164,16 @@ def _digests_of(store: Store, name: Name) -> set[str]:
         return set()
 
 
-def _check_sizes(store: Store, blobs: dict[str, int]) -> None:
-    for digest, size in blobs.items():
-        if store.blobs.size(digest) != size:
-            raise RegistryError(f"blob {digest} changed on disk during the pull")
-
-
-def write_manifest_bytes(store: Store, name: Name, data: bytes) -> None:
-    """Write ``data`` as ``name``'s manifest, atomically and byte for byte (as Ollama does)."""
+def write_manifest_bytes(store: Store, name: Name, data: bytes, manifest: Manifest | None = None) -> None:
+    """Write ``data`` as ``name``'s manifest, atomically and byte for byte (as Ollama does), once every
+    blob it names is checked present (under the store lock, with the write)."""
     if len(data) > MAX_MANIFEST_BYTES:
         raise RegistryError("manifest too large")
-    with store.lock:
-        store.manifests.write_bytes(name, data)
+    manifest = manifest or parse_pulled_manifest(data, MEDIA_MANIFEST_V2)
+    try:
+        store.write_manifest(name, manifest, data)
+    except (NotFound, BadRequest) as exc:
+        raise RegistryError(f"{exc}: a blob changed on disk during the pull; pull again") from exc
 
 
 def _remove_unreferenced(store: Store, candidates: set[str]) -> None:

@@ -32,8 +32,8 @@ import httpcore
 import httpx
 import trio
 
-from appliance.errors import ApplianceError, DigestMismatch
-from appliance.store.blobs import parse_digest
+from appliance.errors import ApplianceError, DigestMismatch, InsufficientStorage
+from appliance.store.blobs import parse_digest, translate_disk_full
 from appliance.store.distribution import (
     BLOB_READ_BYTES,
     RegistryClient,
@@ -57,10 +57,6 @@ PROGRESS_RESETS_ATTEMPTS = 1 << 20
 EMPTY_DIGEST = "sha256:" + hashlib.sha256(b"").hexdigest()
 
 Report = Callable[[int, int], None]  # (total, completed)
-
-
-class InsufficientStorage(ApplianceError):
-    status = 507
 
 
 class _RangesUnsupported(Exception):
@@ -174,6 +170,13 @@ async def download_blob(client: RegistryClient, store: Store, digest: str, size:
         await trio.to_thread.run_sync(store.blobs.put_bytes, b"", digest)
         return
     files = PartialFiles(final)
+    # A full disk fails the pull with a 507 and keeps the partial (and its saved state) to resume.
+    with translate_disk_full(final.parent):
+        await _download_into(client, files, digest, size, shared)
+
+
+async def _download_into(client: RegistryClient, files: PartialFiles, digest: str, size: int,
+                         shared: _Shared) -> None:
     fd, parts = await trio.to_thread.run_sync(_open_partial, files, size, client.settings)
     try:
         hasher = PrefixHasher(fd)
