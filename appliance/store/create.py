@@ -10,17 +10,20 @@ overwritten by a create that fails.
 from __future__ import annotations
 
 import logging
+import os
 import posixpath
 import subprocess
 import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from appliance.api.gojson import go_encode
 from appliance.api.options import validate_options
-from appliance.errors import ApplianceError, BadRequest, BlobNotFound, InvalidGGUF
+from appliance.errors import ApplianceError, BadRequest, BlobNotFound, InsufficientStorage, InvalidGGUF
 from appliance.store import manifests as mf
+from appliance.store.blobs import DISK_FULL_MESSAGE
 from appliance.store.gguf import GGUFInfo, parameter_size_label, read_gguf
 from appliance.store.local import Store
 from appliance.store.manifests import Layer, Manifest
@@ -242,26 +245,39 @@ def _quantize(store: Store, plan: CreatePlan, layer: Layer, progress: Progress) 
         return layer
     progress({"status": f"quantizing {source_type} model to {plan.quantize}", "digest": "0",
               "total": layer.size, "completed": 0})
-    writer = store.blobs.open_writer()
-    out_path = writer.temp_path
-    writer.abort()  # the quantizer writes the file itself; we only borrow a temp name in blobs/
-    try:
-        cmd = [*self_command(), "quantize-worker", str(store.blobs.path(layer.digest)), str(out_path),
-               str(QUANT_TYPES[plan.quantize])]
-        proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    # The quantizer writes the blob's temp file itself.  It inherits the writer's descriptor, and with
+    # it the temp file's lock, so a prune leaves the file alone for as long as the quantizer lives,
+    # even if this server is killed meanwhile; the file then becomes the blob without a copy.
+    with store.blobs.open_writer() as writer:
+        cmd = [*self_command(), "quantize-worker", str(store.blobs.path(layer.digest)),
+               str(writer.temp_path), str(QUANT_TYPES[plan.quantize])]
+        proc = subprocess.run(cmd, capture_output=True, text=True, check=False, pass_fds=(writer.fileno(),))
         if proc.returncode != 0:
+            if _nearly_full(store.blobs.blobs_dir):
+                # llama.cpp reports a failed write only as "iostream error", without the errno.
+                log.warning("no space left on device quantizing into %s", store.blobs.blobs_dir)
+                raise InsufficientStorage(f"{DISK_FULL_MESSAGE} (quantizing to {plan.quantize})")
             tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
             raise ApplianceError(f"quantization failed: {' '.join(tail) or proc.returncode}")
         progress({"status": f"quantizing {source_type} model to {plan.quantize}", "digest": "0",
                   "total": layer.size, "completed": layer.size})
         progress({"status": "verifying conversion"})
-        info = read_gguf(out_path)
-        digest, size, _ = store.blobs.put_file(out_path)
-    finally:
-        out_path.unlink(missing_ok=True)
+        info = read_gguf(writer.temp_path)
+        writer.adopt_contents()
+        digest, _ = writer.commit()
+        size = writer.size
     plan.model_info = info
     plan.base_config = {k: v for k, v in plan.base_config.items() if k != "file_type"}
     return Layer(mf.MEDIA_MODEL, digest, size)
+
+
+#: A failed write leaves less than this free (file systems allocate in blocks of at most this size).
+_FULL_BELOW_BYTES = 1 << 20
+
+
+def _nearly_full(folder: Path) -> bool:
+    stat = os.statvfs(folder)
+    return stat.f_bavail * stat.f_frsize < _FULL_BELOW_BYTES
 
 
 def self_command() -> list[str]:
@@ -278,56 +294,70 @@ def _text_layer(store: Store, media_type: str, data: bytes) -> tuple[Layer, str]
 
 
 def run_create(store: Store, plan: CreatePlan, progress: Progress) -> None:
-    """Write the new layers and then the manifest (blocking; call from a worker thread)."""
+    """Write the new layers and then the manifest (blocking; call from a worker thread).
+
+    Quantizing, the slow part, runs first and unlocked.  Everything after it (the small layers, the
+    check that every layer is present, the manifest) happens under the store lock, so a concurrent
+    delete or prune cannot remove a blob between "using existing layer" and the manifest write.
+    """
     progress({"status": "reading model metadata" if plan.from_name else "parsing GGUF"})
-    statuses: list[str] = []
+    quantized: dict[str, Layer] = {}
+    if plan.quantize:
+        for layer in plan.base_layers:
+            if layer.media_type == mf.MEDIA_MODEL:
+                quantized[layer.digest] = _quantize(store, plan, layer, progress)
+    with store.lock:
+        layers, statuses = _kept_layers(store, plan, quantized)
+        for media_type, data in _new_layer_contents(store, plan):
+            layer, status = _text_layer(store, media_type, data)
+            layers.append(layer)
+            statuses.append(status)
+        config_bytes = go_encode(_config_for(plan), sort_keys=False)
+        config_digest, _ = store.blobs.put_bytes(config_bytes)
+        config_layer = Layer(mf.MEDIA_CONFIG, config_digest, len(config_bytes))
+        for status in statuses:
+            progress({"status": status})
+        progress({"status": "writing manifest"})
+        store.write_manifest(plan.name, Manifest(config=config_layer, layers=tuple(layers)))
+    progress({"status": "success"})
+
+
+def _kept_layers(store: Store, plan: CreatePlan,
+                 quantized: dict[str, Layer]) -> tuple[list[Layer], list[str]]:
+    """The base model's weights, adapters and projectors (quantized where asked), with their statuses."""
     layers: list[Layer] = []
+    statuses: list[str] = []
     for layer in plan.base_layers:
-        if layer.media_type == mf.MEDIA_MODEL and plan.quantize:
-            new = _quantize(store, plan, layer, progress)
-            if new is not layer:
-                layers.append(new)
-                statuses.append(f"creating new layer {new.digest}")
-                continue
+        new = quantized.get(layer.digest, layer) if layer.media_type == mf.MEDIA_MODEL else layer
+        if new is not layer:
+            layers.append(new)
+            statuses.append(f"creating new layer {new.digest}")
+            continue
         if layer.media_type in (mf.MEDIA_TEMPLATE, mf.MEDIA_SYSTEM, mf.MEDIA_PARAMS, mf.MEDIA_MESSAGES,
                                 mf.MEDIA_LICENSE, mf.MEDIA_PROMPT):
-            continue  # re-created below from the merged values
+            continue  # re-created by _new_layer_contents from the merged values
         if not store.blobs.exists(layer.digest):
             raise BlobNotFound(f"layer {layer.digest} of the base model is missing from the store")
         layers.append(layer)
         statuses.append(f"using existing layer {layer.digest}")
+    return layers, statuses
 
+
+def _new_layer_contents(store: Store, plan: CreatePlan) -> list[tuple[str, bytes]]:
+    """(media type, bytes) of the template, system, license, params and messages layers, in order."""
+    out: list[tuple[str, bytes]] = []
     if plan.template:
-        layer, status = _text_layer(store, mf.MEDIA_TEMPLATE, plan.template.encode())
-        layers.append(layer)
-        statuses.append(status)
+        out.append((mf.MEDIA_TEMPLATE, plan.template.encode()))
     if plan.system:
-        layer, status = _text_layer(store, mf.MEDIA_SYSTEM, plan.system.encode())
-        layers.append(layer)
-        statuses.append(status)
-    licenses = plan.license or [text for text in _base_licenses(store, plan)]
-    for text in licenses:
-        layer, status = _text_layer(store, mf.MEDIA_LICENSE, text.encode())
-        layers.append(layer)
-        statuses.append(status)
+        out.append((mf.MEDIA_SYSTEM, plan.system.encode()))
+    for text in plan.license or _base_licenses(store, plan):
+        out.append((mf.MEDIA_LICENSE, text.encode()))
     if plan.parameters:
-        layer, status = _text_layer(store, mf.MEDIA_PARAMS, go_encode(plan.parameters))
-        layers.append(layer)
-        statuses.append(status)
+        out.append((mf.MEDIA_PARAMS, go_encode(plan.parameters)))
     messages = plan.messages or _base_messages(store, plan)
     if messages:
-        layer, status = _text_layer(store, mf.MEDIA_MESSAGES, go_encode(messages, sort_keys=False))
-        layers.append(layer)
-        statuses.append(status)
-    config_bytes = go_encode(_config_for(plan), sort_keys=False)
-    config_digest, _ = store.blobs.put_bytes(config_bytes)
-    config_layer = Layer(mf.MEDIA_CONFIG, config_digest, len(config_bytes))
-
-    for status in statuses:
-        progress({"status": status})
-    progress({"status": "writing manifest"})
-    store.write_manifest(plan.name, Manifest(config=config_layer, layers=tuple(layers)))
-    progress({"status": "success"})
+        out.append((mf.MEDIA_MESSAGES, go_encode(messages, sort_keys=False)))
+    return out
 
 
 def _base_licenses(store: Store, plan: CreatePlan) -> list[str]:
