@@ -1,4 +1,5 @@
-"""Go text/template semantics of appliance.prompt.gotemplate, its bounds, and Ollama's bundled templates.
+"""Go text/template semantics of appliance.prompt.gotemplate, its bounds, and chat templates shaped like
+Ollama's (tests/prompt/data; the suite needs no copy of Ollama's sources).
 
 Expected outputs in GO_CASES were produced by Go's own text/template (Option("missingkey=zero"), data
 decoded from JSON into map[string]any, as Ollama passes it); the few places where this renderer decides
@@ -8,7 +9,6 @@ differently on purpose have their own tests below.
 from __future__ import annotations
 
 import datetime
-import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -440,55 +440,31 @@ def test_truncate_after_response() -> None:
     assert nested.truncate_after_response().render({"P": "p", "Response": "r"}) == "[p|r"
 
 
-# ------------------------------------------------------------------------------------ Ollama's templates
+# ------------------------------------------------------------------------------------ chat templates
 
-OLLAMA_REPO = Path("/work/.mirror/ollama+ollama/repo")
-
-
-def _git(*args: str) -> str:
-    return subprocess.run(
-        ["git", "-C", str(OLLAMA_REPO), *args], check=True, capture_output=True, text=True
-    ).stdout
-
-
-@pytest.fixture(scope="module")
-def ollama_templates(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Every template/*.gotmpl and its golden outputs, extracted from the Ollama mirror."""
-    if not (OLLAMA_REPO / "HEAD").exists():
-        pytest.skip(f"the Ollama source mirror is not on this machine ({OLLAMA_REPO})")
-    root = tmp_path_factory.mktemp("ollama-templates")
-    for path in _git("ls-tree", "-r", "--name-only", "HEAD", "template/").split():
-        if path.endswith(".gotmpl") or path.startswith("template/testdata/"):
-            target = root / path
-            target.parent.mkdir(parents=True, exist_ok=True)
-            target.write_text(_git("show", f"HEAD:{path}"))
-    return root / "template"
+# Templates in the shapes of the ones Ollama's library ships (tests/prompt/data/*.gotmpl, written for
+# these tests): ChatML with tools, header turns, [INST] turns, turns that fold the system prompt into the
+# first user turn, thinking switches, tool signatures and the legacy .System/.Prompt/.Response form.
+# Each expected output was worked out by hand from Go's rules (``{{-``/``-}}`` trim every blank next to
+# them, ``$`` is the data, variables live to the ``end`` of their block, assignment reaches outwards)
+# and checked against Go 1.19's text/template with Ollama's data types (structs whose String() is JSON).
+TEMPLATES = Path(__file__).parent / "data"
+TODAY = datetime.date(2025, 1, 2)
 
 
-CONVERSATIONS = {
-    "user": [("user", "Hello, how are you?")],
-    "user-assistant-user": [
-        ("user", "Hello, how are you?"),
-        ("assistant", "I'm doing great. How can I help you today?"),
-        ("user", "I'd like to show off how chat templating works!"),
-    ],
-}
-CONVERSATIONS["system-user-assistant-user"] = [
-    ("system", "You are a helpful assistant."),
-    *CONVERSATIONS["user-assistant-user"],
-]
-# Ollama's own test strips one trailing space from these before comparing.
-TRAILING_SPACE_TEMPLATES = {"chatqa", "llama2-chat", "mistral-instruct", "openchat", "vicuna"}
+def data_template(name: str) -> Template:
+    """A template file; the line end that closes the file is not part of the template."""
+    return Template.parse((TEMPLATES / f"{name}.gotmpl").read_text().removesuffix("\n"))
 
 
 def message(
-    role: str, content: str = "", *, tool_calls: list[Any] | None = None, tool_name: str = ""
+    role: str, content: str = "", *, tool_calls: list[Any] | None = None, tool_name: str = "", thinking: str = ""
 ) -> dict:
     """A message as Ollama hands it to templates (its templateMessage struct)."""
     return {
         "Role": role,
         "Content": content,
-        "Thinking": "",
+        "Thinking": thinking,
         "Images": None,
         "ToolCalls": tool_calls,
         "ToolName": tool_name,
@@ -496,34 +472,16 @@ def message(
     }
 
 
-def values(system: str, messages: list[dict], tools: Any = None) -> dict[str, Any]:
+def values(system: str, messages: list[dict], tools: Any = None, **think: bool) -> dict[str, Any]:
     return {
         "System": system,
         "Messages": messages,
         "Tools": tools,
         "Response": "",
-        "Think": False,
+        "Think": think.get("think", False),
         "ThinkLevel": "",
-        "IsThinkSet": False,
+        "IsThinkSet": think.get("is_think_set", False),
     }
-
-
-def test_every_bundled_template_renders_its_golden_outputs(ollama_templates: Path) -> None:
-    files = sorted(ollama_templates.glob("*.gotmpl"))
-    assert len(files) >= 20
-    failures = []
-    for path in files:
-        tmpl = Template.parse(path.read_text().replace("\r\n", "\n"))
-        assert "messages" in tmpl.vars(), path.name
-        for case, turns in CONVERSATIONS.items():
-            system = "\n\n".join(text for role, text in turns if role == "system")
-            out = tmpl.render(values(system, [message(role, text) for role, text in turns]))
-            if path.stem in TRAILING_SPACE_TEMPLATES and out.endswith(" "):
-                out = out[:-1]
-            expected = (ollama_templates / "testdata" / path.name / case).read_text()
-            if out != expected:
-                failures.append(f"{path.name}/{case}:\n got {out!r}\nwant {expected!r}")
-    assert not failures, "\n".join(failures)
 
 
 def weather_tool() -> GoStruct:
@@ -546,8 +504,7 @@ def weather_tool() -> GoStruct:
     return GoStruct({"Type": "function", "Function": fn}, {"type": "function", "function": fn_json})
 
 
-@pytest.fixture
-def tool_chat() -> dict[str, Any]:
+def tool_conversation() -> dict[str, Any]:
     call = {
         "ID": "call_1",
         "Function": {"Index": 0, "Name": "get_weather", "Arguments": JSONMap({"city": "Paris"})},
@@ -566,64 +523,217 @@ def tool_chat() -> dict[str, Any]:
     )
 
 
-@pytest.mark.parametrize(
-    ("name", "expected"),
-    [
-        (
-            "chatml",
-            [
-                "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n"
-                "<|im_start|>user\nWhat's the weather in Paris?<|im_end|>\n"
-                "<|im_start|>assistant\n<|im_end|>\n"
-                "<|im_start|>tool\n22C and sunny<|im_end|>\n",
-                "<|im_start|>user\nThanks! And in Rome?<|im_end|>\n<|im_start|>assistant\n",
-            ],
-        ),
-        (
-            "llama3-instruct",
-            [
-                "<|start_header_id|>system<|end_header_id|>\n\nYou are a helpful assistant.<|eot_id|>"
-                "<|start_header_id|>user<|end_header_id|>\n\nWhat's the weather in Paris?<|eot_id|>",
-                "<|start_header_id|>tool<|end_header_id|>\n\n22C and sunny<|eot_id|>",
-                "Thanks! And in Rome?<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\n",
-            ],
-        ),
-        (
-            "mistral-instruct",
-            [
-                "[INST] You are a helpful assistant.\n\nWhat's the weather in Paris?[/INST] </s>[INST] ",
-                " It is 22C and sunny.</s>[INST] Thanks! And in Rome?[/INST]",
-            ],
-        ),
-        (
-            "gemma-instruct",
-            [
-                "<start_of_turn>user\nYou are a helpful assistant.\n"
-                "What's the weather in Paris?<end_of_turn>\n",
-                "<start_of_turn>model\nIt is 22C and sunny.<end_of_turn>\n",
-                "Thanks! And in Rome?<end_of_turn>\n<start_of_turn>model\n",
-            ],
-        ),
-        (
-            "command-r",
-            [
-                "# User Preamble\nYou are a helpful assistant.\n\n## Available Tools",
-                "def get_weather(city: string, ) -> List[Dict]:\n    '''Get the current weather\n\n"
-                "    Args:\n        city (string): City name\n    '''\n    pass\n```<|END_OF_TURN_TOKEN|>",
-                '<|CHATBOT_TOKEN|>\nAction: ```json\n[\n    {\n        "tool_name": "get_weather",\n'
-                '        "parameters": {"city":"Paris"}\n    }\n]```<|END_OF_TURN_TOKEN|>',
-                "<|SYSTEM_TOKEN|><results>\nconsole_output: 22C and sunny\n</results><|END_OF_TURN_TOKEN|>",
-                "<|USER_TOKEN|>Thanks! And in Rome?<|START_OF_TURN_TOKEN|><|SYSTEM_TOKEN|>Write 'Action:'",
-            ],
-        ),
-    ],
+HELLO = message("user", "Hello, how are you?")
+UAU = [
+    HELLO,
+    message("assistant", "I'm doing great. How can I help you today?"),
+    message("user", "I'd like to show off how chat templating works!"),
+]
+SYSTEM = "You are a helpful assistant."
+CASES: dict[str, dict[str, Any]] = {
+    "user": values("", [HELLO]),
+    "user-assistant-user": values("", UAU),
+    "system-user-assistant-user": values(SYSTEM, [message("system", SYSTEM), *UAU]),
+    "tools": tool_conversation(),
+    "think-off": values(
+        "",
+        [message("user", "What is 2+2?"), message("assistant", "4", thinking="2+2 is 4"), message("user", "And 3+3?")],
+        is_think_set=True,
+    ),
+    "think-on-tool-loop": values(
+        "", [message("user", "Weather?"), message("assistant", thinking="need tool")], think=True, is_think_set=True
+    ),
+    "legacy-prompt": {"System": "", "Prompt": "Hello", "Response": ""},
+    "legacy-all": {"System": "Be brief.", "Prompt": "Hello", "Response": "Hi there"},
+}
+
+TOOL_JSON = (
+    '{"type":"function","function":{"name":"get_weather","description":"Get the current weather",'
+    '"parameters":{"type":"object","required":["city"],"properties":{"city":{"type":"string",'
+    '"description":"City name"}}}}}'
 )
-def test_bundled_templates_with_tools(
-    ollama_templates: Path, tool_chat: dict[str, Any], name: str, expected: list[str]
-) -> None:
-    out = Template.parse((ollama_templates / f"{name}.gotmpl").read_text()).render(tool_chat)
-    for part in expected:
-        assert part in out
+A1 = "I'm doing great. How can I help you today?"
+U2 = "I'd like to show off how chat templating works!"
+
+GOLDEN: list[tuple[str, str, str]] = [
+    # ChatML: a system turn only when there is a system prompt or tools; the assistant turn of the last
+    # message stays open; tool calls as <tool_call> lines, their arguments printed through String().
+    (
+        "chatml-tools",
+        "user",
+        "<|im_start|>user\nHello, how are you?<|im_end|>\n<|im_start|>assistant\n",
+    ),
+    (
+        "chatml-tools",
+        "user-assistant-user",
+        "<|im_start|>user\nHello, how are you?<|im_end|>\n"
+        f"<|im_start|>assistant\n{A1}<|im_end|>\n"
+        f"<|im_start|>user\n{U2}<|im_end|>\n<|im_start|>assistant\n",
+    ),
+    (
+        "chatml-tools",
+        "system-user-assistant-user",
+        f"<|im_start|>system\n{SYSTEM}<|im_end|>\n"
+        "<|im_start|>user\nHello, how are you?<|im_end|>\n"
+        f"<|im_start|>assistant\n{A1}<|im_end|>\n"
+        f"<|im_start|>user\n{U2}<|im_end|>\n<|im_start|>assistant\n",
+    ),
+    (
+        "chatml-tools",
+        "tools",
+        f"<|im_start|>system\n{SYSTEM}\n\nYou can call these tools:\n<tools>\n{TOOL_JSON}\n</tools><|im_end|>\n"
+        "<|im_start|>user\nWhat's the weather in Paris?<|im_end|>\n"
+        '<|im_start|>assistant\n<tool_call>\n{"name": "get_weather", "arguments": {"city":"Paris"}}\n'
+        "</tool_call><|im_end|>\n"
+        "<|im_start|>tool\n22C and sunny<|im_end|>\n"
+        "<|im_start|>assistant\nIt is 22C and sunny.<|im_end|>\n"
+        "<|im_start|>user\nThanks! And in Rome?<|im_end|>\n<|im_start|>assistant\n",
+    ),
+    # Header turns: {{ continue }} skips system messages, with/else on .ToolCalls, currentDate, a tool
+    # printed through its String() (JSON), tool results under another role name.
+    (
+        "headers",
+        "user",
+        "<|start_header_id|>user<|end_header_id|>\n\nHello, how are you?<|eot_id|>"
+        "<|start_header_id|>assistant<|end_header_id|>\n\n",
+    ),
+    (
+        "headers",
+        "user-assistant-user",
+        "<|start_header_id|>user<|end_header_id|>\n\nHello, how are you?<|eot_id|>"
+        f"<|start_header_id|>assistant<|end_header_id|>\n\n{A1}<|eot_id|>"
+        f"<|start_header_id|>user<|end_header_id|>\n\n{U2}<|eot_id|>"
+        "<|start_header_id|>assistant<|end_header_id|>\n\n",
+    ),
+    (
+        "headers",
+        "system-user-assistant-user",
+        f"<|start_header_id|>system<|end_header_id|>\n\n{SYSTEM}<|eot_id|>"
+        "<|start_header_id|>user<|end_header_id|>\n\nHello, how are you?<|eot_id|>"
+        f"<|start_header_id|>assistant<|end_header_id|>\n\n{A1}<|eot_id|>"
+        f"<|start_header_id|>user<|end_header_id|>\n\n{U2}<|eot_id|>"
+        "<|start_header_id|>assistant<|end_header_id|>\n\n",
+    ),
+    (
+        "headers",
+        "tools",
+        f"<|start_header_id|>system<|end_header_id|>\n\n{SYSTEM}\n\n"
+        f"Today is 2025-01-02. Answer with a JSON function call when a tool helps.\n{TOOL_JSON}<|eot_id|>"
+        "<|start_header_id|>user<|end_header_id|>\n\nWhat's the weather in Paris?<|eot_id|>"
+        '<|start_header_id|>assistant<|end_header_id|>\n\n{"name": "get_weather", "parameters": {"city":"Paris"}}'
+        "<|eot_id|>"
+        "<|start_header_id|>ipython<|end_header_id|>\n\n22C and sunny<|eot_id|>"
+        "<|start_header_id|>assistant<|end_header_id|>\n\nIt is 22C and sunny.<|eot_id|>"
+        "<|start_header_id|>user<|end_header_id|>\n\nThanks! And in Rome?<|eot_id|>"
+        "<|start_header_id|>assistant<|end_header_id|>\n\n",
+    ),
+    # [INST] turns: the system prompt and the tool list go with the last user message only, found with
+    # len (slice $.Messages $index); json of a string and of the tool list.
+    ("inst", "user", "[INST] Hello, how are you?[/INST]"),
+    ("inst", "user-assistant-user", f"[INST] Hello, how are you?[/INST] {A1}</s>[INST] {U2}[/INST]"),
+    (
+        "inst",
+        "system-user-assistant-user",
+        f"[INST] Hello, how are you?[/INST] {A1}</s>[INST] {SYSTEM}\n\n{U2}[/INST]",
+    ),
+    (
+        "inst",
+        "tools",
+        "[INST] What's the weather in Paris?[/INST]"
+        '[TOOL_CALLS] [{"name": "get_weather", "arguments": {"city":"Paris"}}]</s>'
+        '[TOOL_RESULTS] {"content": "22C and sunny"} [/TOOL_RESULTS]'
+        " It is 22C and sunny.</s>"
+        f"[AVAILABLE_TOOLS] [{TOOL_JSON}][/AVAILABLE_TOOLS][INST] {SYSTEM}\n\nThanks! And in Rome?[/INST]",
+    ),
+    # The system prompt folded into the first user turn: a variable assigned inside with/range.
+    (
+        "turns",
+        "user",
+        "<start_of_turn>user\nHello, how are you?<end_of_turn>\n<start_of_turn>model\n",
+    ),
+    (
+        "turns",
+        "user-assistant-user",
+        "<start_of_turn>user\nHello, how are you?<end_of_turn>\n"
+        f"<start_of_turn>model\n{A1}<end_of_turn>\n"
+        f"<start_of_turn>user\n{U2}<end_of_turn>\n<start_of_turn>model\n",
+    ),
+    (
+        "turns",
+        "system-user-assistant-user",
+        f"<start_of_turn>user\n{SYSTEM}\nHello, how are you?<end_of_turn>\n"
+        f"<start_of_turn>model\n{A1}<end_of_turn>\n"
+        f"<start_of_turn>user\n{U2}<end_of_turn>\n<start_of_turn>model\n",
+    ),
+    (
+        "turns",
+        "tools",
+        f"<start_of_turn>user\n{SYSTEM}\nWhat's the weather in Paris?<end_of_turn>\n"
+        "<start_of_turn>model\n<end_of_turn>\n"
+        "<start_of_turn>model\nIt is 22C and sunny.<end_of_turn>\n"
+        "<start_of_turn>user\nThanks! And in Rome?<end_of_turn>\n<start_of_turn>model\n",
+    ),
+    # Thinking: an integer variable found in one range and used in the next, printf with a \n escape,
+    # thinking shown only after the last user message, the /think switches.
+    (
+        "think",
+        "user-assistant-user",
+        f"<|user|>\nHello, how are you?<|end|>\n<|assistant|>\n{A1}<|end|>\n<|user|>\n{U2}<|end|>\n<|assistant|>\n",
+    ),
+    (
+        "think",
+        "think-off",
+        "<|user|>\nWhat is 2+2?<|end|>\n<|assistant|>\n4<|end|>\n<|user|>\nAnd 3+3? /no_think<|end|>\n"
+        "<|assistant|>\n<think>\n\n</think>\n\n",
+    ),
+    (
+        "think",
+        "think-on-tool-loop",
+        "<|user|>\nWeather? /think<|end|>\n<|assistant|>\n<think>need tool</think>\n<|end|>\n<|assistant|>\n",
+    ),
+    # Tool signatures: fields of a tool by Go name, a range over a map (sorted keys), printf padding.
+    ("functions", "user", "user: Hello, how are you?\nassistant:"),
+    (
+        "functions",
+        "system-user-assistant-user",
+        f"user: Hello, how are you?\nassistant: {A1}\nuser: {U2}\nassistant:",
+    ),
+    (
+        "functions",
+        "tools",
+        "Functions:\n- get_weather(city): Get the current weather\n    city   string -- City name\n\n"
+        "user: What's the weather in Paris?\nassistant: \ntool: 22C and sunny\n"
+        "assistant: It is 22C and sunny.\nuser: Thanks! And in Rome?\nassistant:",
+    ),
+    # The legacy form: block defines and runs a template; everything after .Response is cut for the
+    # last turn (see test_legacy_template_is_cut_after_the_response).
+    ("legacy", "legacy-prompt", "### Instruction:\nHello\n\n### Response:\n</s>"),
+    ("legacy", "legacy-all", "Be brief.\n\n### Instruction:\nHello\n\n### Response:\nHi there</s>"),
+]
+
+
+@pytest.mark.parametrize(("name", "case", "expected"), GOLDEN)
+def test_chat_templates_render_like_go(name: str, case: str, expected: str) -> None:
+    assert data_template(name).render(CASES[case], today=TODAY) == expected
+
+
+def test_every_chat_template_is_covered_and_uses_the_messages() -> None:
+    files = sorted(path.stem for path in TEMPLATES.glob("*.gotmpl"))
+    assert files == sorted({name for name, _, _ in GOLDEN})
+    for name in files:
+        variables = data_template(name).vars()
+        assert ("messages" in variables) != (name == "legacy"), name
+
+
+def test_legacy_template_is_cut_after_the_response() -> None:
+    cut = data_template("legacy").truncate_after_response()
+    assert cut.render(CASES["legacy-all"]) == "Be brief.\n\n### Instruction:\nHello\n\n### Response:\nHi there"
+    assert cut.render(CASES["legacy-prompt"]) == "### Instruction:\nHello\n\n### Response:\n"
+
+
+@pytest.fixture
+def tool_chat() -> dict[str, Any]:
+    return tool_conversation()
 
 
 # A llama3.1-style tool template, as published with models on ollama.com.
