@@ -99,7 +99,6 @@ _child_limiter: Any = None
 
 async def _decode_in_child(data: bytes) -> Any:
     global _child_limiter
-    import subprocess
 
     import trio
 

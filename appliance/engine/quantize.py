@@ -22,10 +22,29 @@ def quantize(src: str, dst: str, ftype: int, threads: int = 0) -> None:
         raise RuntimeError(f"llama_model_quantize returned {rc}")
 
 
+def _exit_with_parent() -> None:
+    """Quit when the server that started us is gone (kill -9): nobody is left to use the result, and
+    its temp file is only cleaned up once we let go of it.  (PR_SET_PDEATHSIG would fire when the
+    server's spawning *thread* ends, which a worker thread may do while the server lives on.)"""
+    import os
+    import threading
+    import time
+
+    parent = os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(0.5)
+        os._exit(1)
+
+    threading.Thread(target=watch, daemon=True).start()
+
+
 def main(argv: list[str]) -> int:
     if len(argv) != 3 or not argv[2].isdigit():
         sys.stderr.write("usage: ollama quantize-worker IN OUT FTYPE\n")
         return 2
+    _exit_with_parent()
     try:
         quantize(argv[0], argv[1], int(argv[2]))
     except Exception as exc:

@@ -7,6 +7,7 @@ sends can raise past the handlers here.
 from __future__ import annotations
 
 import logging
+import math
 import platform
 import signal
 from typing import Any
@@ -23,7 +24,7 @@ from appliance.engine import gpu
 from appliance.engine.process import RUNNER_STOP_GRACE_S
 from appliance.engine.scheduler import Scheduler
 from appliance.errors import ApplianceError
-from appliance.server import anthropic, connections, models, native, openai, transfer
+from appliance.server import anthropic, bodies, connections, models, native, openai, transfer
 from appliance.server import openapi as openapi_doc
 from appliance.server.requests import body_left_unread
 from appliance.store.local import Store
@@ -57,6 +58,7 @@ def create_app(cfg: envconfig.Config, store: Store | None = None) -> QuartTrio:
     app.extensions["appliance.config"] = cfg
     app.extensions["appliance.store"] = store or Store(cfg.models_dir)
     app.extensions["appliance.scheduler"] = scheduler = Scheduler(cfg)
+    bodies.install(app)  # request bodies that push back: a blob upload never piles up in memory
     app.register_blueprint(models.bp)
     app.register_blueprint(native.bp)
     app.register_blueprint(openai.bp)
@@ -68,8 +70,8 @@ def create_app(cfg: envconfig.Config, store: Store | None = None) -> QuartTrio:
     async def startup() -> None:
         st: Store = current_app.extensions["appliance.store"]
         await trio.to_thread.run_sync(st.ensure_dirs)
-        if not cfg.noprune:
-            await trio.to_thread.run_sync(st.prune)
+        # OLLAMA_NOPRUNE keeps unused blobs, never the dead temp files of a killed writer.
+        await trio.to_thread.run_sync(st.prune, math.inf if cfg.noprune else 3600.0)
         scheduler.system = await trio.to_thread.run_sync(gpu.discover)
         scheduler.threads = scheduler.system.threads or scheduler.threads
         log.info(gpu.describe(scheduler.system))

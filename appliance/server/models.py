@@ -16,7 +16,6 @@ from quart import Blueprint, Response, current_app, request
 from appliance import OLLAMA_COMPAT_VERSION, __version__
 from appliance.api.options import format_parameters
 from appliance.errors import ApplianceError, BadRequest, BlobNotFound, InsufficientStorage, ModelNotFound
-from appliance.server import bodies
 from appliance.server.requests import mark_body_read, read_json, require_str, stream_flag
 from appliance.server.streaming import job_response
 from appliance.store import create as creating
@@ -28,9 +27,6 @@ from appliance.store.modelfile import render_modelfile
 from appliance.store.names import parse_name
 
 bp = Blueprint("models", __name__)
-# Blob uploads need request bodies that push back (appliance/server/bodies.py).  This belongs in
-# create_app; it is done here, where the need is, until app.py takes it over.
-bp.record_once(lambda state: bodies.install(state.app))
 
 #: Blob uploads are written in chunks of this size, one thread hop each.
 UPLOAD_CHUNK = 4 << 20

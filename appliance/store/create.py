@@ -183,9 +183,9 @@ def plan_create(store: Store, req: Mapping[str, Any]) -> CreatePlan:
 
     template = _str_field(req, "template")
     if template is not None:
-        from appliance.prompt.gotemplate import Template
+        from appliance.prompt.render import parse_template
 
-        Template.parse(template)  # raises TemplateError (400) with the position
+        parse_template(template)  # raises TemplateError (400) with the position; BadRequest when huge
         plan.template = template
     system = _str_field(req, "system")
     if system is not None:
