@@ -31,6 +31,8 @@ from appliance.engine import protocol
 
 LLAMA_DEFAULT_SEED = 0xFFFFFFFF
 MAX_PARALLEL = 64
+#: A client's ``context`` may span this many context windows; the prompt keeps only one anyway.
+MAX_CONTEXT_WINDOWS = 4
 #: GBNF text the runner accepts; the server's schema conversion stays far below it.
 MAX_GRAMMAR_CHARS = 1 << 20
 
@@ -185,6 +187,9 @@ class Runner:
         """Token ids from a client, checked against the vocabulary: llama.cpp aborts on a bad one."""
         if not isinstance(tokens, list):
             raise BadRequestError("tokens must be a list of token ids")
+        if len(tokens) > MAX_CONTEXT_WINDOWS * self.n_ctx_slot:  # each costs a call in the decode loop
+            raise BadRequestError(f"context holds {len(tokens)} tokens, more than {MAX_CONTEXT_WINDOWS} "
+                                  f"context windows ({MAX_CONTEXT_WINDOWS * self.n_ctx_slot})")
         for token in tokens:
             if not isinstance(token, int) or isinstance(token, bool) or not 0 <= token < self.n_vocab:
                 raise BadRequestError(f"invalid token id {token!r}: the vocabulary has {self.n_vocab} tokens")

@@ -102,7 +102,7 @@ def test_nan_keep_alive_is_a_bad_request(http: httpx.Client) -> None:
 # -- 2. context token ids that abort llama.cpp --------------------------------------------------------
 
 
-@pytest.mark.parametrize("context", [[999999999], [-5], [1, 2, 2**40]])
+@pytest.mark.parametrize("context", [[999999999], [-5], [1, 2, 2**40], [1] * 100_000])
 def test_bad_context_tokens_fail_the_request_only(srv: Server, http: httpx.Client, context: list[int]) -> None:
     assert_model_still_serves(http)
     before = runner_pids(srv)
