@@ -23,7 +23,7 @@ Nothing here does I/O or evaluates Python; output, work and nesting are capped b
 from __future__ import annotations
 
 import datetime
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 from appliance.prompt import gotemplate_funcs as funcs
@@ -75,6 +75,8 @@ class _Exec:
         self.steps = 0
         self.work = 0
         self.depth = 0
+        # id -> (mapping, its keys in Go's order); the mapping is kept so that its id stays its own.
+        self.key_orders: dict[int, tuple[Mapping[Any, Any], list[Any]]] = {}
 
     def error(self, message: str, node: Node) -> TemplateError:
         return TemplateError(message, *_position(self.src, node.pos))
@@ -136,28 +138,40 @@ class _Exec:
         finally:
             del scope[mark:]
 
-    def range_items(self, value: Any, node: Branch) -> list[tuple[Any, Any]]:
+    def range_items(self, value: Any, node: Branch) -> tuple[int, Iterator[tuple[Any, Any]]]:
+        """How many items ``range`` visits, and (index or key, element) pairs made one at a time.
+
+        Only the items visited are made: a ``{{ break }}`` in a loop over a long slice costs one step,
+        not the slice's length, and a map's keys are sorted once per render, not once per loop.
+        """
         k = funcs.kind(value)
         if k == "nil":
-            return []
+            return 0, iter(())
         if k == "slice":
-            return list(enumerate(value))
+            return len(value), enumerate(value)
         if k == "map":
-            return [(key, value[key]) for key in funcs.sorted_keys(value)]
+            keys = self.sorted_keys(value)
+            return len(keys), ((key, value[key]) for key in keys)
         if k == "int":
             if len(node.pipe.decls) > 1:
                 raise self.error(f"can't use {value} to iterate over more than one variable", node)
             if value > self.limits.max_steps:
                 raise self.error(f"template exceeded {self.limits.max_steps} execution steps", node)
-            return [(i, i) for i in range(value)]
+            return max(value, 0), ((i, i) for i in range(value))
         raise self.error(f"range can't iterate over {funcs.format_value(value)}", node)
+
+    def sorted_keys(self, mapping: Mapping[Any, Any]) -> list[Any]:
+        cached = self.key_orders.get(id(mapping))
+        if cached is None or cached[0] is not mapping:
+            cached = self.key_orders[id(mapping)] = (mapping, funcs.sorted_keys(mapping))
+        return cached[1]
 
     def walk_range(self, node: Branch, dot: Any, scope: list[list[Any]]) -> None:
         mark = len(scope)
         decls, assign = node.pipe.decls, node.pipe.is_assign
         try:
             value = self.eval_commands(node.pipe, dot, scope)
-            items = self.range_items(value, node)
+            count, items = self.range_items(value, node)
             if not assign:
                 scope.extend([name, value] for name in decls)
             for index, elem in items:
@@ -180,7 +194,7 @@ class _Exec:
                     break
                 finally:
                     del scope[body_mark:]
-            if not items and node.orelse is not None:
+            if not count and node.orelse is not None:
                 self.walk(node.orelse, dot, scope)
         finally:
             del scope[mark:]
@@ -302,6 +316,10 @@ class _Exec:
         args = [self.eval_arg(arg, dot, scope) for arg in arg_nodes]
         if final is not _MISSING:
             args.append(final)
+        # A builtin reads its string arguments whole (len encodes, eq compares, index and slice copy),
+        # so they are charged like the strings builtins build: a loop over a long prompt must run into
+        # the work limit, not into minutes of CPU.
+        self.charge(sum(len(arg) for arg in args if isinstance(arg, str)), ident)
         try:
             result = self.apply(ident.name, builtin, args)
         except funcs.FuncError as exc:

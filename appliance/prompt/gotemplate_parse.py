@@ -32,7 +32,8 @@ class Limits:
     """Caps that keep a hostile TEMPLATE from hanging or exhausting memory."""
 
     max_output_chars: int = 16 * 1024 * 1024
-    # Characters built by functions (printf, json…) plus elements copied by slice.
+    # Characters built by functions (printf, json…) or given to them as strings, plus elements copied
+    # by slice.
     max_work: int = 64 * 1024 * 1024
     # Nodes executed plus range iterations.
     max_steps: int = 2_000_000

@@ -9,6 +9,7 @@ differently on purpose have their own tests below.
 from __future__ import annotations
 
 import datetime
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -413,6 +414,56 @@ def test_hostile_templates_are_stopped(text: str, limits: Limits, message: str) 
 def test_deep_parentheses_are_refused() -> None:
     with pytest.raises(TemplateError, match="nesting"):
         Template.parse("{{" + "(" * 80 + "1" + ")" * 80 + "}}")
+
+
+class CountingList(list):  # type: ignore[type-arg]
+    """A list that counts the elements iteration hands out."""
+
+    taken = 0
+
+    def __iter__(self) -> Iterator[Any]:
+        for item in super().__iter__():
+            self.taken += 1
+            yield item
+
+
+class CountingDict(dict):  # type: ignore[type-arg]
+    """A dict that counts how often its keys are listed (sorting them lists them)."""
+
+    listed = 0
+
+    def __iter__(self) -> Iterator[Any]:
+        self.listed += 1
+        return super().__iter__()
+
+
+def test_a_loop_cut_short_makes_only_the_items_it_visits() -> None:
+    # Every {{ range }} used to build all its (index, element) pairs before the first step: a
+    # {{ break }} in a loop over a long slice cost the whole slice, uncounted, each time (one request
+    # could hold a worker for hours).
+    items = CountingList(range(10_000))
+    out = render("{{ range 1000 }}{{ range $.L }}{{ . }}{{ break }}{{ end }}{{ end }}", {"L": items})
+    assert out == "0" * 1000 and items.taken == 1000
+
+
+def test_map_keys_are_sorted_once_per_render() -> None:
+    mapping = CountingDict({f"k{i}": i for i in range(100)})
+    out = render("{{ range 50 }}{{ range $k, $v := $.M }}{{ $k }}{{ break }}{{ end }}{{ end }}", {"M": mapping})
+    assert out == "k0" * 50 and mapping.listed == 1
+
+
+@pytest.mark.timeout(60)  # the old code built a million pairs per inner loop: hours
+def test_a_loop_over_an_integer_is_made_one_number_at_a_time() -> None:
+    assert render("{{ range 20000 }}{{ range 1000000 }}{{ break }}{{ end }}{{ end }}") == ""
+
+
+def test_strings_given_to_builtins_count_as_work() -> None:
+    # len encodes, eq compares, index and slice copy their string: uncharged, a loop over a long
+    # prompt ran for minutes within the step limit.
+    for call in ("len $.S", 'eq $.S "x"', "index $.S 1", "slice $.S 1 2"):
+        with pytest.raises(TemplateError, match="work limit"):
+            render(f"{{{{ range 1000 }}}}{{{{ {call} }}}}{{{{ end }}}}", {"S": "x" * 100_000},
+                   limits=Limits(max_work=1_000_000))
 
 
 # ------------------------------------------------------------------------------------ Ollama helpers
