@@ -110,6 +110,16 @@ class RunnerProcess:
                 nursery.start_soon(self._watch_exit, task_status)
         finally:
             await self._kill()
+            await self._close_pipes()
+
+    async def _close_pipes(self) -> None:
+        # trio.Process leaves its pipes open when the child exits: without this, every runner that
+        # was ever stopped kept three descriptors of the server's (found by bench/bench_soak.py).
+        assert self.process is not None
+        with trio.CancelScope(shield=True):
+            for stream in (self.process.stdin, self.process.stdout, self.process.stderr):
+                if stream is not None:
+                    await stream.aclose()
 
     async def _watch_exit(self, task_status: Any) -> None:
         assert self.process is not None

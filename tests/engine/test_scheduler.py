@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -105,4 +106,23 @@ async def test_an_unload_during_a_request_takes_effect_when_it_ends(store: Store
         with trio.fail_after(10):
             while sched.loaded:
                 await trio.sleep(0.05)
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_stopped_runner_leaves_no_descriptor_open(store: Store) -> None:
+    sched = Scheduler(envconfig.Config.from_env({"HOME": "/tmp"}))
+    smol = store.get(parse_name("smol"))
+
+    async def load_and_unload() -> None:
+        await sched.load(smol, {}, None)
+        assert await sched.unload_model(smol)
+        assert sched.loaded == []
+
+    async with trio.open_nursery() as nursery:
+        await nursery.start(sched.run)
+        await load_and_unload()  # first use: whatever is opened once
+        before = len(os.listdir("/proc/self/fd"))
+        for _ in range(3):
+            await load_and_unload()
+        assert len(os.listdir("/proc/self/fd")) == before  # each runner's three pipes are closed
         nursery.cancel_scope.cancel()
