@@ -7,6 +7,7 @@ import re
 from pathlib import Path
 
 import pytest
+import schemathesis
 import yaml
 
 from appliance import OLLAMA_COMPAT_VERSION, envconfig
@@ -43,6 +44,10 @@ def test_document_names_this_api_version():
     doc = spec()
     assert doc["openapi"].startswith("3.1.")
     assert doc["info"]["version"] == OLLAMA_COMPAT_VERSION
+
+
+def test_document_is_valid_openapi_3_1():
+    schemathesis.openapi.from_dict(spec()).validate()  # raises naming the first violation
 
 
 def test_every_reference_resolves():
