@@ -115,3 +115,13 @@ class InsufficientStorage(ApplianceError):
 
 class RunnerError(ApplianceError):
     status = 500
+
+
+def public_message(exc: BaseException) -> str:
+    """What a client may read of ``exc``: our own errors as they are; an unexpected OSError by its
+    reason only (its file names are server paths); anything else as an internal error."""
+    if isinstance(exc, ApplianceError):
+        return str(exc) or type(exc).__name__
+    if isinstance(exc, OSError):
+        return f"internal error: {exc.strerror or type(exc).__name__}"
+    return f"internal error: {exc}" if str(exc) else f"internal error: {type(exc).__name__}"

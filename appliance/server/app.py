@@ -23,7 +23,7 @@ from appliance import OLLAMA_COMPAT_VERSION, __version__, envconfig
 from appliance.engine import gpu
 from appliance.engine.process import RUNNER_STOP_GRACE_S
 from appliance.engine.scheduler import Scheduler
-from appliance.errors import ApplianceError
+from appliance.errors import ApplianceError, public_message
 from appliance.server import anthropic, bodies, connections, models, native, openai, transfer
 from appliance.server import openapi as openapi_doc
 from appliance.server.requests import body_left_unread
@@ -119,7 +119,7 @@ def create_app(cfg: envconfig.Config, store: Store | None = None) -> QuartTrio:
     @app.errorhandler(Exception)
     async def unexpected(exc: Exception) -> Response:
         log.exception("unhandled error in %s %s", request.method, request.path)
-        return _error(f"internal error: {exc}", 500)
+        return _error(public_message(exc), 500)
 
     return app
 

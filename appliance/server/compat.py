@@ -264,7 +264,7 @@ def register_error_handlers(bp: Any, error_body: Any) -> None:
     from quart import request
     from werkzeug.exceptions import HTTPException
 
-    from appliance.errors import ApplianceError
+    from appliance.errors import ApplianceError, public_message
 
     log = logging.getLogger(f"appliance.server.{bp.name}")
 
@@ -283,5 +283,5 @@ def register_error_handlers(bp: Any, error_body: Any) -> None:
     @bp.errorhandler(Exception)
     async def unexpected(exc: Exception) -> tuple[dict[str, Any], int]:
         log.exception("unhandled error in %s %s", request.method, request.path)
-        error = ApplianceError(f"internal error: {exc}")
+        error = ApplianceError(public_message(exc))
         return error_body(error), error.status

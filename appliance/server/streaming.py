@@ -16,7 +16,7 @@ from typing import Any
 import trio
 from quart import Response, current_app
 
-from appliance.errors import ApplianceError
+from appliance.errors import ApplianceError, public_message
 
 ProgressFn = Callable[[dict[str, Any]], None]
 Job = Callable[[ProgressFn], Awaitable[None]]
@@ -61,7 +61,7 @@ async def job_response(job: Job, stream: bool) -> Response | tuple[dict[str, Any
         async with receive:
             async for item in receive:
                 if isinstance(item, BaseException):
-                    return {"error": str(item) or type(item).__name__}, error_status(item)
+                    return {"error": public_message(item)}, error_status(item)
                 last = item
         return last, 200
 
@@ -69,7 +69,7 @@ async def job_response(job: Job, stream: bool) -> Response | tuple[dict[str, Any
         async with receive:
             async for item in receive:
                 if isinstance(item, BaseException):
-                    yield json_line({"error": str(item) or type(item).__name__})
+                    yield json_line({"error": public_message(item)})
                     return
                 yield json_line(item)
 

@@ -88,3 +88,13 @@ async def test_errors_have_ollama_shape(client):
     assert r.status_code == 413 and "larger than 1024 bytes" in (await r.get_json())["error"]
     r = await client.get("/api/show")
     assert r.status_code == 405 and "error" in (await r.get_json())
+
+
+def test_unexpected_errors_never_show_server_paths():
+    from appliance.errors import BadRequest, public_message
+
+    err = PermissionError(13, "Permission denied", "/usr/share/ollama/.ollama/models/blobs/sha256-abc")
+    assert public_message(err) == "internal error: Permission denied"
+    assert "/usr/share" not in public_message(FileNotFoundError(2, "No such file", "/srv/models/x"))
+    assert public_message(BadRequest("model is required")) == "model is required"
+    assert public_message(ValueError("boom")) == "internal error: boom"
