@@ -242,6 +242,8 @@ async def create() -> Any:
         def from_thread(obj: dict[str, Any]) -> None:
             trio.from_thread.run_sync(progress, obj)
 
-        await trio.to_thread.run_sync(functools.partial(creating.run_create, store, plan, from_thread))
+        prune = not current_app.extensions["appliance.config"].noprune
+        run = functools.partial(creating.run_create, store, plan, from_thread, prune=prune)
+        await trio.to_thread.run_sync(run)
 
     return await job_response(job, stream_flag(body))

@@ -293,12 +293,14 @@ def _text_layer(store: Store, media_type: str, data: bytes) -> tuple[Layer, str]
     return Layer(media_type, digest, len(data)), f"{verb} {digest}"
 
 
-def run_create(store: Store, plan: CreatePlan, progress: Progress) -> None:
+def run_create(store: Store, plan: CreatePlan, progress: Progress, *, prune: bool = True) -> None:
     """Write the new layers and then the manifest (blocking; call from a worker thread).
 
     Quantizing, the slow part, runs first and unlocked.  Everything after it (the small layers, the
     check that every layer is present, the manifest) happens under the store lock, so a concurrent
     delete or prune cannot remove a blob between "using existing layer" and the manifest write.
+    Replacing a model removes the blobs only its old manifest used, unless ``prune`` is off
+    (OLLAMA_NOPRUNE), as in Ollama.
     """
     progress({"status": "reading model metadata" if plan.from_name else "parsing GGUF"})
     quantized: dict[str, Layer] = {}
@@ -318,7 +320,12 @@ def run_create(store: Store, plan: CreatePlan, progress: Progress) -> None:
         for status in statuses:
             progress({"status": status})
         progress({"status": "writing manifest"})
-        store.write_manifest(plan.name, Manifest(config=config_layer, layers=tuple(layers)))
+        replaced = store.digests_of(plan.name) if prune else set()
+        manifest = Manifest(config=config_layer, layers=tuple(layers))
+        store.write_manifest(plan.name, manifest)
+        if replaced - manifest.all_digests():
+            progress({"status": "removing unused layers"})
+            store.remove_unused(replaced - manifest.all_digests())
     progress({"status": "success"})
 
 

@@ -15,7 +15,7 @@ import logging
 import os
 from pathlib import Path
 
-from appliance.errors import BadRequest, ModelNotFound
+from appliance.errors import ApplianceError, BadRequest, ModelNotFound
 from appliance.store.blobs import BlobStore
 from appliance.store.lock import StoreLock
 from appliance.store.manifests import Manifest, ManifestStore, StoredManifest
@@ -93,6 +93,22 @@ class Store:
         for stored in self.manifests.all():
             digests |= stored.manifest.all_digests()
         return digests
+
+    def digests_of(self, name: Name) -> set[str]:
+        """The blobs ``name``'s manifest uses; none when there is no manifest or it cannot be read."""
+        try:
+            return self.manifests.get(name).manifest.all_digests()
+        except ModelNotFound:
+            return set()
+        except (OSError, ApplianceError) as exc:  # a broken old manifest must not stop its replacement
+            log.warning("ignoring unreadable manifest of %s: %s", name.display, exc)
+            return set()
+
+    def remove_unused(self, digests: set[str]) -> None:
+        """Remove those of ``digests`` that no manifest uses any more (after a manifest was replaced)."""
+        with self.lock:
+            for digest in digests - self.referenced_digests():
+                self.blobs.remove(digest)
 
     def prune(self, grace_s: float = 3600.0) -> builtins.list[str]:
         """Remove blobs no manifest references (older than ``grace_s``) and stale temp files."""

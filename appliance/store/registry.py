@@ -17,14 +17,13 @@ The HTTP side lives in :mod:`appliance.store.distribution`, the blob movers in
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable
 from typing import Any
 
 import trio
 
 from appliance import envconfig
-from appliance.errors import ApplianceError, BadRequest, InsufficientStorage, ModelNotFound, NotFound
+from appliance.errors import BadRequest, InsufficientStorage, NotFound
 from appliance.store.distribution import (
     MANIFEST_LISTS,
     MAX_MANIFEST_BYTES,
@@ -50,8 +49,6 @@ from appliance.store.transfer import (
     task_group,
     upload_blob,
 )
-
-log = logging.getLogger(__name__)
 
 Progress = Callable[[dict[str, Any]], None]
 MAX_LAYERS = 1024
@@ -124,7 +121,7 @@ async def pull(store: Store, name: Name, insecure: bool, progress: Progress, *,
     settings = settings or settings_from_config()
     downloads = downloads or DOWNLOADS
     check_protocol(name, insecure)
-    old = await trio.to_thread.run_sync(_digests_of, store, name)
+    old = await trio.to_thread.run_sync(store.digests_of, name)
     progress({"status": "pulling manifest"})
     async with RegistryClient(name, insecure=insecure, settings=settings) as client:
         data, media_type = await client.get_manifest()
@@ -150,18 +147,8 @@ async def pull(store: Store, name: Name, insecure: bool, progress: Progress, *,
     unused = old - set(blobs)
     if prune and unused:
         progress({"status": "removing unused layers"})
-        await trio.to_thread.run_sync(_remove_unreferenced, store, unused)
+        await trio.to_thread.run_sync(store.remove_unused, unused)
     progress({"status": "success"})
-
-
-def _digests_of(store: Store, name: Name) -> set[str]:
-    try:
-        return store.manifests.get(name).manifest.all_digests()
-    except ModelNotFound:
-        return set()
-    except (OSError, ApplianceError) as exc:  # a broken old manifest must not stop the pull replacing it
-        log.warning("ignoring unreadable manifest of %s: %s", name.display, exc)
-        return set()
 
 
 def write_manifest_bytes(store: Store, name: Name, data: bytes, manifest: Manifest | None = None) -> None:
@@ -174,12 +161,6 @@ def write_manifest_bytes(store: Store, name: Name, data: bytes, manifest: Manife
         store.write_manifest(name, manifest, data)
     except (NotFound, BadRequest) as exc:
         raise RegistryError(f"{exc}: a blob changed on disk during the pull; pull again") from exc
-
-
-def _remove_unreferenced(store: Store, candidates: set[str]) -> None:
-    with store.lock:
-        for digest in candidates - store.referenced_digests():
-            store.blobs.remove(digest)
 
 
 # --- push ------------------------------------------------------------------------------------------

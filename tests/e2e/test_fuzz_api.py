@@ -67,9 +67,13 @@ BLOB_NAME = re.compile(r"sha256-[0-9a-f]{64}")
 class Findings:
     """What the run saw: problems to report, and what succeeded on purpose (the store check needs it)."""
 
+    models: Path
     problems: list[str] = field(default_factory=list)
     created: set[str] = field(default_factory=set)  # manifest paths, lower-cased, of names made by create/copy
     uploaded: set[str] = field(default_factory=set)  # blob file names of successful uploads
+    #: Blobs some manifest used right after a successful copy: a copy over an existing name leaves
+    #: the old one's blobs to the start-up prune, as Ollama does (a create removes them at once).
+    copied_over: set[str] = field(default_factory=set)
     statuses: dict[str, dict[int, int]] = field(default_factory=dict)  # operation -> status -> count (0: none)
 
     def count(self, label: str, status: int) -> None:
@@ -231,6 +235,7 @@ def record_success(case: schemathesis.Case, response: Any, found: Findings) -> N
     made = None
     if case.path == "/api/copy":
         made = body.get("destination")
+        found.copied_over |= set().union(*read_manifests(found.models).values())
     elif case.path == "/api/create" and b'"error"' not in response.content:
         made = body.get("model") or body.get("name")
     if isinstance(made, str) and manifest_path(made):
@@ -278,7 +283,7 @@ def test_fuzz_native_api(fuzz_server: Server) -> None:
     blobs_before = blob_files(models)
     manifests_before = read_manifests(models)
     schema = schemathesis.openapi.from_url(f"{fuzz_server.url}/api/openapi.json")
-    found = Findings()
+    found = Findings(models)
     for operation in operations(schema):
         fuzz_operation(operation, fuzz_server.url, found)
     elapsed = time.monotonic() - started
@@ -304,7 +309,7 @@ def test_fuzz_native_api(fuzz_server: Server) -> None:
     assert not missing, f"manifests whose blobs are missing: {missing}"
     unexpected = set(manifests) - set(manifests_before) - found.created
     assert not unexpected, f"manifests no successful create or copy made: {sorted(unexpected)}"
-    orphans = blob_files(models) - blobs_before - referenced - found.uploaded
+    orphans = blob_files(models) - blobs_before - referenced - found.uploaded - found.copied_over
     assert not orphans, f"blobs no manifest uses and no upload made: {sorted(orphans)}"
 
 
@@ -318,3 +323,18 @@ def test_embed_an_empty_string_among_inputs_is_a_bad_request(server: Server) -> 
         assert response.status_code == 400, response.text
         assert response.json() == {"error": "cannot embed an empty input"}
         assert http.post("/api/embed", json={"model": MODEL, "input": ["hello"]}).status_code == 200
+
+
+def test_create_over_a_model_removes_the_blobs_only_the_old_one_used(server: Server) -> None:
+    # Found by the store check: re-creating a name left the old manifest's own layers (here its
+    # license) on disk, referenced by nothing, until the next start-up.
+    name = "fuzz-regress/overwrite:latest"
+    old, new = b"license text only the first version has", b"license text of the second version"
+    blob = server.models / "blobs" / f"sha256-{hashlib.sha256(old).hexdigest()}"
+    with server.http(timeout=120) as http:
+        for text in (old, new):
+            response = http.post("/api/create", json={"model": name, "from": MODEL, "license": text.decode(),
+                                                      "stream": False})
+            assert response.status_code == 200, response.text
+            assert blob.exists() is (text == old)
+        assert http.request("DELETE", "/api/delete", json={"model": name}).status_code == 200
