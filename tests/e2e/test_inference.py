@@ -187,31 +187,26 @@ def _stream_times(url: str, prompt: str, n: int, out: list, barrier: threading.B
     out.append(times)
 
 
-def test_parallel_streams_interleave_and_beat_serial(make_server, smollm2_gguf):
+def test_parallel_streams_interleave_and_all_finish(make_server, smollm2_gguf):
+    """Four streams on one runner are decoded together: each gets tokens before any finishes, all
+    finish, none is dropped.  Speed is bench/'s business: next to a busy neighbour llama.cpp slows down
+    many times over, so a speed ratio here fails on a shared machine (issue 12)."""
     srv = make_server(OLLAMA_NUM_PARALLEL="4")
     srv.import_smollm2(smollm2_gguf)
     n = 48
     prompts = ["Write about the sea.", "Write about a forest.", "Write about a city.", "Write about space."]
     srv.http().post("/api/generate", json={"model": MODEL, "prompt": "hi", "options": {"num_predict": 1}})
-    t0 = time.monotonic()
-    serial: list = []
-    for p in prompts[:2]:
-        _stream_times(srv.url, p, n, serial)
-    serial_rate = sum(len(t) for t in serial) / (time.monotonic() - t0)
     results: list = []
     barrier = threading.Barrier(4)
     threads = [threading.Thread(target=_stream_times, args=(srv.url, p, n, results, barrier)) for p in prompts]
-    t0 = time.monotonic()
     for t in threads:
         t.start()
     for t in threads:
         t.join()
-    parallel_rate = sum(len(t) for t in results) / (time.monotonic() - t0)
     assert len(results) == 4 and all(len(t) >= n * 0.5 for t in results)
     # Interleaved: every stream produced tokens before any of them finished.
     first_finish = min(t[-1] for t in results)
     assert all(t[0] < first_finish for t in results)
-    assert parallel_rate > serial_rate * 1.05, (parallel_rate, serial_rate)
 
 
 def test_bounded_queue_answers_503_and_drops_nothing(make_server, smollm2_gguf):
