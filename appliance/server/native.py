@@ -66,8 +66,7 @@ def _check_messages(messages: Any) -> list[dict[str, Any]]:
         if content is not None and not isinstance(content, str):
             raise BadRequest(f"messages[{i}]: content must be a string")
         for key in ("thinking", "tool_name", "tool_call_id", "name"):
-            if msg.get(key) is not None and not isinstance(msg[key], str):
-                raise BadRequest(f"messages[{i}]: {key} must be a string")
+            _optional(msg, key, str, f"messages[{i}]")
         _check_images(msg.get("images"), f"messages[{i}]")
         calls = msg.get("tool_calls")
         if calls is not None:
@@ -78,22 +77,24 @@ def _check_messages(messages: Any) -> list[dict[str, Any]]:
     return messages
 
 
+def _optional(obj: dict[str, Any], key: str, kind: type, where: str) -> None:
+    """``obj[key]`` is absent, null or a ``kind`` (a boolean is no integer), else BadRequest."""
+    value = obj.get(key)
+    if value is not None and (not isinstance(value, kind) or (isinstance(value, bool) and kind is not bool)):
+        word = {str: "a string", int: "an integer", dict: "an object"}[kind]
+        raise BadRequest(f"{where}.{key} must be {word}")
+
+
 def _check_tool_call(call: Any, where: str) -> None:
     if not isinstance(call, dict):
         raise BadRequest(f"{where} must be an object")
     function = call.get("function")
     if not isinstance(function, dict):
         raise BadRequest(f"{where}.function must be an object")
-    if function.get("name") is not None and not isinstance(function["name"], str):
-        raise BadRequest(f"{where}.function.name must be a string")
-    if function.get("arguments") is not None and not isinstance(function["arguments"], dict):
-        raise BadRequest(f"{where}.function.arguments must be an object")
-    if function.get("index") is not None and (
-        not isinstance(function["index"], int) or isinstance(function["index"], bool)
-    ):
-        raise BadRequest(f"{where}.function.index must be an integer")
-    if call.get("id") is not None and not isinstance(call["id"], str):
-        raise BadRequest(f"{where}.id must be a string")
+    _optional(function, "name", str, f"{where}.function")
+    _optional(function, "arguments", dict, f"{where}.function")
+    _optional(function, "index", int, f"{where}.function")
+    _optional(call, "id", str, where)
 
 
 def _check_tools(tools: Any) -> list[dict[str, Any]] | None:
@@ -104,19 +105,10 @@ def _check_tools(tools: Any) -> list[dict[str, Any]] | None:
     for i, tool in enumerate(tools):
         if not isinstance(tool, dict):
             raise BadRequest(f"tools[{i}] must be an object")
-        if tool.get("type") is not None and not isinstance(tool["type"], str):
-            raise BadRequest(f"tools[{i}].type must be a string")
-        function = tool.get("function")
-        if function is None:
-            continue
-        if not isinstance(function, dict):
-            raise BadRequest(f"tools[{i}].function must be an object")
-        if function.get("name") is not None and not isinstance(function["name"], str):
-            raise BadRequest(f"tools[{i}].function.name must be a string")
-        if function.get("description") is not None and not isinstance(function["description"], str):
-            raise BadRequest(f"tools[{i}].function.description must be a string")
-        if function.get("parameters") is not None and not isinstance(function["parameters"], dict):
-            raise BadRequest(f"tools[{i}].function.parameters must be an object")
+        _optional(tool, "type", str, f"tools[{i}]")
+        _optional(tool, "function", dict, f"tools[{i}]")
+        for key, kind in (("name", str), ("description", str), ("parameters", dict)):
+            _optional(tool.get("function") or {}, key, kind, f"tools[{i}].function")
     return tools
 
 
