@@ -28,6 +28,7 @@ from typing import Any, BinaryIO
 
 from appliance.api.options import predict_limits
 from appliance.engine import protocol
+from appliance.engine.threads import DecodeThreads, IdleCores
 
 LLAMA_DEFAULT_SEED = 0xFFFFFFFF
 MAX_PARALLEL = 64
@@ -118,6 +119,7 @@ class Runner:
         self.waiting: list[dict[str, Any]] = []
         self.embed_ctx: Any = None
         self.threads = threads
+        self.decode_threads = DecodeThreads(threads, log=_debug, idle_cores=IdleCores())
         self.load_duration_ns = int((time.perf_counter() - t0) * 1e9)
         self._piece_buf = ctypes.create_string_buffer(256)
         self.can_shift = bool(llama.llama_memory_can_shift(self.mem))
@@ -397,8 +399,13 @@ class Runner:
             self.send_many(events)
             return
         batch.n_tokens = n
+        t0 = time.perf_counter()
         rc = llama.llama_decode(self.ctx, batch)
-        if rc != 0:
+        if rc == 0:
+            threads = self.decode_threads.observe(time.perf_counter() - t0, n)
+            if threads is not None:
+                llama.llama_set_n_threads(self.ctx, threads, threads)
+        else:
             for slot in participants:
                 events.append(
                     {
@@ -638,6 +645,11 @@ class Runner:
 
 class BadRequestError(ValueError):
     """A request the runner refuses (reported to the client as 400)."""
+
+
+def _debug(text: str) -> None:
+    """A line for the server's debug log (it logs the runner's stderr at debug level)."""
+    sys.stderr.write(f"runner: {text}\n")
 
 
 def _common_prefix(a: list[int], b: list[int]) -> int:

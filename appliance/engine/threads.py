@@ -1,0 +1,250 @@
+"""How many threads llama.cpp decodes with, chosen from how long its steps take.
+
+Why: llama.cpp's threads meet at a barrier after every op (an OpenMP barrier in our build, a
+spinning one in others).  When they equal the cores, one busy neighbour, even at nice 19, keeps
+one of them off its core now and then and the others wait for it: decoding slows 35-70x
+(bench/RESULTS.md).  With fewer threads than cores the neighbour runs beside us instead.
+
+What: :class:`DecodeThreads` is fed the wall time of every ``llama_decode`` and answers, now and
+then, with another thread count for the runner to set (``llama_set_n_threads``).  It never goes
+above its ceiling (the runner's ``--threads``: physical cores, or the user's ``num_thread``).
+
+- A step is compared per token, and only with steps of a similar batch size (a bucket per power
+  of two), so a prompt chunk never looks "fast" next to a single-token step.
+- **Slow**: ``slow_steps`` steps in a row take more than ``slow_factor`` times the best recent step
+  at the current count.  Then a *trial* of one thread fewer starts.
+- **Probe**: every ``probe_interval_s`` (doubling after each failed probe, up to
+  ``max_probe_interval_s``) a trial of one thread more starts (or, at the ceiling, one fewer: the
+  machine may have been busy since the start).  A probe up waits until the machine has an idle
+  core for the extra thread (``idle_cores``, read from /proc/stat by :class:`IdleCores`): measured
+  here, one step with both threads beside two busy loops took 8.5 s, so a blind probe is costly.
+- **Trial**: ``trial_steps`` steps at the other count; it is kept when their median per-token time
+  beats the reference (the steps that led to it) by ``margin``; a single step ``abort_factor``
+  times the reference ends it at once, so probing into a contended count costs one step.  A kept
+  trial goes on in the same direction at once, so the count walks to the best value in a few steps.
+
+Nothing here sleeps or reads a clock of its own accord: the clock is passed in, which keeps the
+class testable with synthetic step times.
+"""
+
+from __future__ import annotations
+
+import collections
+import os
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class ThreadStatistics:
+    """What the controller has done so far."""
+
+    threads: int
+    max_threads: int
+    adaptations: int  # kept changes of the thread count
+    trials: int  # trials started (kept or not)
+
+
+@dataclass
+class _Trial:
+    target: int
+    home: int
+    bucket: int
+    reference: float  # per-token seconds the trial must beat
+    reason: str
+    chained: bool = False  # follows a kept trial in the same direction
+    samples: list[float] = field(default_factory=list)
+    steps: int = 0  # steps at the target count, counted in any bucket
+
+
+class DecodeThreads:
+    """Adapts the decode thread count to the machine's load; see the module docstring."""
+
+    def __init__(
+        self,
+        max_threads: int,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        log: Callable[[str], None] | None = None,
+        idle_cores: Callable[[], float | None] | None = None,
+        spare_core: float = 0.75,
+        slow_factor: float = 2.0,
+        slow_steps: int = 3,
+        trial_steps: int = 3,
+        margin: float = 0.1,
+        abort_factor: float = 2.0,
+        probe_interval_s: float = 1.0,
+        max_probe_interval_s: float = 3.0,
+        memory_s: float = 20.0,
+    ) -> None:
+        self.max_threads = max(1, max_threads)
+        self.threads = self.max_threads
+        self._clock = clock
+        self._log = log
+        self._idle_cores = idle_cores
+        self.spare_core = spare_core
+        self.slow_factor = slow_factor
+        self.slow_steps = slow_steps
+        self.trial_steps = trial_steps
+        self.margin = margin
+        self.abort_factor = abort_factor
+        self.probe_interval_s = probe_interval_s
+        self.max_probe_interval_s = max_probe_interval_s
+        self.memory_s = memory_s
+        self._recent: dict[tuple[int, int], collections.deque[tuple[float, float]]] = {}
+        self._slow_run: list[float] = []
+        self._trial: _Trial | None = None
+        self._interval = probe_interval_s
+        self._next_probe = clock() + probe_interval_s
+        self._slow_hold_until = 0.0  # after a slow-triggered trial failed, give it time
+        self._adaptations = 0
+        self._trials = 0
+
+    def statistics(self) -> ThreadStatistics:
+        return ThreadStatistics(self.threads, self.max_threads, self._adaptations, self._trials)
+
+    def observe(self, seconds: float, n_tokens: int) -> int | None:
+        """Record one decode step of ``n_tokens`` tokens that took ``seconds`` at the current count.
+
+        Returns the thread count to use from the next step on when it changes, else None."""
+        if self.max_threads == 1 or n_tokens <= 0:
+            return None
+        now = self._clock()
+        per_token = max(seconds, 0.0) / n_tokens
+        bucket = n_tokens.bit_length()
+        before = self.threads
+        if self._trial is not None:
+            self._trial_step(now, per_token, bucket)
+        else:
+            self._steady_step(now, per_token, bucket)
+        return self.threads if self.threads != before else None
+
+    # -- steady state ---------------------------------------------------------------------------
+
+    def _steady_step(self, now: float, per_token: float, bucket: int) -> None:
+        recent = self._remember(now, self.threads, bucket, per_token)
+        if self.threads > 1 and now >= self._slow_hold_until:
+            best = min(p for _t, p in recent)
+            if per_token > self.slow_factor * best:
+                self._slow_run.append(per_token)
+            else:
+                self._slow_run.clear()
+            if len(self._slow_run) >= self.slow_steps:
+                reference = statistics.median(self._slow_run)
+                reason = f"{len(self._slow_run)} steps over {self.slow_factor:g}x the best {_ms(best)}"
+                self._start(self.threads - 1, bucket, reference, reason)
+                return
+        if now < self._next_probe or len(recent) < self.trial_steps:
+            return
+        reference = statistics.median(p for _t, p in list(recent)[-8:])
+        if self.threads < self.max_threads:
+            if not self._room_for_one_more():  # nothing to gain, and a probe could cost seconds
+                self._next_probe = now + self.probe_interval_s
+                return
+            self._start(self.threads + 1, bucket, reference, "probe up")
+        else:
+            self._start(self.threads - 1, bucket, reference, "probe down")
+
+    def _remember(
+        self, now: float, threads: int, bucket: int, per_token: float
+    ) -> collections.deque[tuple[float, float]]:
+        recent = self._recent.setdefault((threads, bucket), collections.deque(maxlen=64))
+        recent.append((now, per_token))
+        while recent and recent[0][0] < now - self.memory_s:
+            recent.popleft()
+        return recent
+
+    # -- trials ---------------------------------------------------------------------------------
+
+    def _start(self, target: int, bucket: int, reference: float, reason: str, chained: bool = False) -> None:
+        self._trials += 1
+        self._trial = _Trial(target, self.threads, bucket, reference, reason, chained)
+        self._slow_run.clear()
+        self.threads = target
+
+    def _trial_step(self, now: float, per_token: float, bucket: int) -> None:
+        trial = self._trial
+        assert trial is not None
+        trial.steps += 1
+        if bucket == trial.bucket:
+            trial.samples.append(per_token)
+            if per_token > self.abort_factor * trial.reference:
+                self._end(now, trial, kept=False)
+                return
+        if len(trial.samples) >= self.trial_steps:
+            median = statistics.median(trial.samples)
+            self._end(now, trial, kept=median < (1 - self.margin) * trial.reference)
+        elif trial.steps >= 4 * self.trial_steps:  # the batch sizes changed under it: call it off
+            self._end(now, trial, kept=False)
+
+    def _end(self, now: float, trial: _Trial, kept: bool) -> None:
+        self._trial = None
+        going_up = trial.target > trial.home
+        if not kept:
+            self.threads = trial.home
+            if trial.chained:  # the step before it was kept: nothing to back off from
+                pass
+            elif trial.reason.startswith("probe"):  # probing costs a step or more: probe less often
+                self._interval = min(self._interval * 2, self.max_probe_interval_s)
+            else:  # one fewer thread did not help: do not retry at every slow run
+                self._slow_hold_until = now + self._interval
+            self._next_probe = now + self._interval
+            return
+        self._adaptations += 1
+        median = statistics.median(trial.samples)
+        self._say(f"decode threads {trial.home} -> {trial.target} ({trial.reason}; "
+                  f"{_ms(median)} per token vs {_ms(trial.reference)})")
+        recent = self._recent.setdefault((trial.target, trial.bucket), collections.deque(maxlen=64))
+        recent.clear()
+        recent.extend((now, p) for p in trial.samples)
+        self._interval = self.probe_interval_s
+        self._next_probe = now + self._interval
+        nxt = trial.target + 1 if going_up else trial.target - 1
+        if 1 <= nxt <= self.max_threads and (not going_up or self._room_for_one_more()):
+            # it helped: try one more step the same way at once
+            self._start(nxt, trial.bucket, median, trial.reason, chained=True)
+
+    def _room_for_one_more(self) -> bool:
+        idle = self._idle_cores() if self._idle_cores is not None else None
+        return idle is None or idle >= self.spare_core
+
+    def _say(self, text: str) -> None:
+        if self._log is not None:
+            self._log(text)
+
+
+def _ms(seconds: float) -> str:
+    return f"{seconds * 1000:.1f} ms"
+
+
+class IdleCores:
+    """Calling it gives the machine's idle cores on average since the previous call (None when
+    /proc/stat cannot tell, e.g. not on Linux, or too little time has passed to say)."""
+
+    def __init__(self, path: str = "/proc/stat") -> None:
+        self._path = path
+        self._cpus = os.cpu_count() or 1
+        self._last = self._read()
+
+    def _read(self) -> tuple[int, int] | None:
+        try:
+            with open(self._path, "rb") as f:
+                values = [int(v) for v in f.readline().split()[1:9]]
+        except (OSError, ValueError):
+            return None
+        if len(values) < 5:
+            return None
+        return values[3] + values[4], sum(values)  # idle + iowait, all (guest is inside user)
+
+    def __call__(self) -> float | None:
+        now = self._read()
+        if now is None or self._last is None:
+            self._last = now
+            return None
+        d_idle, d_total = now[0] - self._last[0], now[1] - self._last[1]
+        if d_total < 5 * self._cpus:  # a few clock ticks per CPU at least
+            return None
+        self._last = now
+        return self._cpus * d_idle / d_total
