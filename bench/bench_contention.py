@@ -5,8 +5,8 @@ One stream, greedy, raw ChatML prompt.  For each server in turn (never both at o
 1. **quiet**: decode tok/s with no neighbour of ours (the machine may still be busy: the load
    average is printed with every figure);
 2. **neighbour**: the same while one ``nice -n 19`` busy loop per core runs beside it;
-3. **recovery**: one long stream during which the neighbour is stopped; the time from the stop until
-   one second of decoding runs at >= 90% of the quiet speed again.
+3. **recovery**: requests like those of 1., back to back, during which the neighbour is stopped; the
+   time from the stop until one second of decoding runs at >= 90% of the quiet speed again.
 
 Our server runs with its default thread count (physical cores), llama-server with ``-t`` = the same
 count, as Ollama and llama-server pick by default.
@@ -117,7 +117,7 @@ def decode_rate(server: Server, n: int, rounds: int, base: int, limit_s: float) 
     return statistics.median(rate(server.token_times(base + r, n, limit_s)[1:]) for r in range(rounds))
 
 
-def recovery(server: Server, quiet: float, cores: int, before_s: float,
+def recovery(server: Server, quiet: float, n: int, cores: int, before_s: float,
              after_s: float) -> tuple[float, float, list[int]]:
     """Seconds from the neighbour's stop to a 1 s window at >= 90% of ``quiet``, the rate before the
     stop, and tokens per second in each second from 2 s before the stop on."""
@@ -134,8 +134,8 @@ def recovery(server: Server, quiet: float, cores: int, before_s: float,
         times: list[float] = []
         end = time.perf_counter() + 1.0 + before_s + after_s
         i = 9000
-        while time.perf_counter() < end:  # back to back: the model may end a story early
-            times += server.token_times(i, 100_000, end - time.perf_counter())
+        while time.perf_counter() < end:  # requests as long as the quiet ones, back to back
+            times += server.token_times(i, n, end - time.perf_counter())
             i += 1
         timer.join()
     stopped_at = stopped[0]
@@ -182,8 +182,8 @@ def measure(server: Server, args: argparse.Namespace, cores: int) -> dict[str, f
         time.sleep(1.0)
         out["neighbour"] = decode_rate(server, args.tokens, args.rounds, 200, args.limit_s)
     print(f"  {server.name:<17} neighbour  {out['neighbour']:7.1f} tok/s   {load()}", flush=True)
-    out["recovery_s"], out["under"], timeline = recovery(server, out["quiet"], cores, args.before_s,
-                                                         args.after_s)
+    out["recovery_s"], out["under"], timeline = recovery(server, out["quiet"], args.tokens, cores,
+                                                         args.before_s, args.after_s)
     print(f"  {server.name:<17} recovery   {out['recovery_s']:7.2f} s to 90% of quiet   {load()}\n"
           f"  {'':<17} tokens per second from 2 s before the stop: {timeline}", flush=True)
     return out

@@ -15,9 +15,12 @@ above its ceiling (the runner's ``--threads``: physical cores, or the user's ``n
   at the current count.  Then a *trial* of one thread fewer starts.
 - **Probe**: every ``probe_interval_s`` (doubling after each failed probe, up to
   ``max_probe_interval_s``) a trial of one thread more starts (or, at the ceiling, one fewer: the
-  machine may have been busy since the start).  A probe up waits until the machine has an idle
-  core for the extra thread (``idle_cores``, read from /proc/stat by :class:`IdleCores`): measured
-  here, one step with both threads beside two busy loops took 8.5 s, so a blind probe is costly.
+  machine may have been busy since the start).  A probe up goes at that pace only while the
+  machine has an idle core for the extra thread (``idle_cores``, read from /proc/stat by
+  :class:`IdleCores`), which is how the neighbour's leaving shows; without one it is *blind*, every
+  ``blind_probe_interval_s``, doubling after each failure up to ``max_blind_interval_s``.  Blind
+  probes matter: a niced neighbour leaves no idle core yet may not hurt two threads at all
+  (measured here on a quiet machine), but one step with two threads among test suites took 8.5 s.
 - **Trial**: ``trial_steps`` steps at the other count; it is kept when their median per-token time
   beats the reference (the steps that led to it) by ``margin``; a single step ``abort_factor``
   times the reference ends it at once, so probing into a contended count costs one step.  A kept
@@ -77,6 +80,8 @@ class DecodeThreads:
         abort_factor: float = 2.0,
         probe_interval_s: float = 1.0,
         max_probe_interval_s: float = 3.0,
+        blind_probe_interval_s: float = 3.0,
+        max_blind_interval_s: float = 60.0,
         memory_s: float = 20.0,
     ) -> None:
         self.max_threads = max(1, max_threads)
@@ -92,12 +97,16 @@ class DecodeThreads:
         self.abort_factor = abort_factor
         self.probe_interval_s = probe_interval_s
         self.max_probe_interval_s = max_probe_interval_s
+        self.blind_probe_interval_s = blind_probe_interval_s
+        self.max_blind_interval_s = max_blind_interval_s
         self.memory_s = memory_s
         self._recent: dict[tuple[int, int], collections.deque[tuple[float, float]]] = {}
         self._slow_run: list[float] = []
         self._trial: _Trial | None = None
         self._interval = probe_interval_s
         self._next_probe = clock() + probe_interval_s
+        self._blind_interval = blind_probe_interval_s
+        self._next_blind_probe = clock() + blind_probe_interval_s
         self._slow_hold_until = 0.0  # after a slow-triggered trial failed, give it time
         self._adaptations = 0
         self._trials = 0
@@ -140,10 +149,12 @@ class DecodeThreads:
             return
         reference = statistics.median(p for _t, p in list(recent)[-8:])
         if self.threads < self.max_threads:
-            if not self._room_for_one_more():  # nothing to gain, and a probe could cost seconds
+            if self._room_for_one_more():
+                self._start(self.threads + 1, bucket, reference, "probe up")
+            elif now >= self._next_blind_probe:
+                self._start(self.threads + 1, bucket, reference, "blind probe up")
+            else:
                 self._next_probe = now + self.probe_interval_s
-                return
-            self._start(self.threads + 1, bucket, reference, "probe up")
         else:
             self._start(self.threads - 1, bucket, reference, "probe down")
 
@@ -186,6 +197,9 @@ class DecodeThreads:
             self.threads = trial.home
             if trial.chained:  # the step before it was kept: nothing to back off from
                 pass
+            elif trial.reason.startswith("blind"):
+                self._blind_interval = min(self._blind_interval * 2, self.max_blind_interval_s)
+                self._next_blind_probe = now + self._blind_interval
             elif trial.reason.startswith("probe"):  # probing costs a step or more: probe less often
                 self._interval = min(self._interval * 2, self.max_probe_interval_s)
             else:  # one fewer thread did not help: do not retry at every slow run
@@ -201,6 +215,9 @@ class DecodeThreads:
         recent.extend((now, p) for p in trial.samples)
         self._interval = self.probe_interval_s
         self._next_probe = now + self._interval
+        if going_up:
+            self._blind_interval = self.blind_probe_interval_s
+            self._next_blind_probe = now + self._blind_interval
         nxt = trial.target + 1 if going_up else trial.target - 1
         if 1 <= nxt <= self.max_threads and (not going_up or self._room_for_one_more()):
             # it helped: try one more step the same way at once

@@ -68,7 +68,9 @@ def test_a_busy_neighbour_is_met_with_fewer_threads_and_left_with_all() -> None:
     m.history.clear()
     m.run(30.0, neighbour)
     assert m.ctl.threads == 1
-    assert set(m.history) == {1}  # no idle core: no probe up, which would cost a slow step
+    # no idle core: only blind probes up, each one slow step, ever rarer
+    assert m.history.count(2) <= 5
+    assert m.history.count(1) * neighbour(1) / 30.0 > 0.9
     assert m.logged and "2 -> 1" in m.logged[0]
     # the neighbour goes away: a core is idle, back to full threads within a probe interval
     m.idle = 1.0
@@ -163,3 +165,12 @@ def test_idle_cores_from_proc_stat(tmp_path: Path) -> None:
     assert idle() == (os.cpu_count() or 1) * 800 / 1100
     assert idle() is None  # no time has passed
     assert IdleCores(str(tmp_path / "missing"))() is None
+
+
+def test_a_neighbour_that_does_not_hurt_all_threads_is_found_by_a_blind_probe() -> None:
+    # e.g. a nice 19 loop on a kernel that keeps it out of the way: no idle core, yet two threads win
+    m = Machine(2)
+    m.run(2.0, quiet)
+    m.time_to(1, neighbour, limit_s=5.0)
+    m.idle = 0.0
+    assert m.time_to(2, quiet, limit_s=10.0) <= m.ctl.blind_probe_interval_s + 0.5
