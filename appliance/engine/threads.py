@@ -22,9 +22,12 @@ above its ceiling (the runner's ``--threads``: physical cores, or the user's ``n
   probes matter: a niced neighbour leaves no idle core yet may not hurt two threads at all
   (measured here on a quiet machine), but one step with two threads among test suites took 8.5 s.
 - **Trial**: ``trial_steps`` steps at the other count; it is kept when their median per-token time
-  beats the reference (the steps that led to it) by ``margin``; a single step ``abort_factor``
-  times the reference ends it at once, so probing into a contended count costs one step.  A kept
-  trial goes on in the same direction at once, so the count walks to the best value in a few steps.
+  beats the reference by ``margin``.  The reference is the *mean* of the last 16 steps at the
+  current count, slow run included: throughput is what counts, so a short slow spell among fast
+  steps does not make one thread fewer look better, and a stall of seconds does.  A single step
+  ``abort_factor`` times the reference ends it at once, so probing into a contended count costs
+  one step.  A kept trial goes on in the same direction at once, so the count walks to the best
+  value in a few steps.
 
 Nothing here sleeps or reads a clock of its own accord: the clock is passed in, which keeps the
 class testable with synthetic step times.
@@ -141,13 +144,13 @@ class DecodeThreads:
             else:
                 self._slow_run.clear()
             if len(self._slow_run) >= self.slow_steps:
-                reference = statistics.median(self._slow_run)
+                reference = _typical(recent)
                 reason = f"{len(self._slow_run)} steps over {self.slow_factor:g}x the best {_ms(best)}"
                 self._start(self.threads - 1, bucket, reference, reason)
                 return
         if now < self._next_probe or len(recent) < self.trial_steps:
             return
-        reference = statistics.median(p for _t, p in list(recent)[-8:])
+        reference = _typical(recent)
         if self.threads < self.max_threads:
             if self._room_for_one_more():
                 self._start(self.threads + 1, bucket, reference, "probe up")
@@ -230,6 +233,10 @@ class DecodeThreads:
     def _say(self, text: str) -> None:
         if self._log is not None:
             self._log(text)
+
+
+def _typical(recent: collections.deque[tuple[float, float]]) -> float:
+    return statistics.fmean(p for _t, p in list(recent)[-16:])
 
 
 def _ms(seconds: float) -> str:
