@@ -4,7 +4,8 @@ One stream, greedy, raw ChatML prompt.  For each server in turn (never both at o
 
 1. **quiet**: decode tok/s with no neighbour of ours (the machine may still be busy: the load
    average is printed with every figure);
-2. **neighbour**: the same while one ``nice -n 19`` busy loop per core runs beside it;
+2. **neighbour**: the same while one ``nice -n 19`` busy loop per core runs beside it (in a session
+   of its own: see :func:`neighbour`);
 3. **recovery**: requests like those of 1., back to back, during which the neighbour is stopped; the
    time from the stop until one second of decoding runs at >= 90% of the quiet speed again.
 
@@ -50,8 +51,11 @@ def load() -> str:
 
 @contextlib.contextmanager
 def neighbour(cores: int) -> Iterator[list[subprocess.Popen[bytes]]]:
-    """One lowest-priority busy loop per core."""
-    procs = [subprocess.Popen(["nice", "-n", "19", "sh", "-c", "while :; do :; done"]) for _ in range(cores)]
+    """One lowest-priority busy loop per core, in a session of its own as any real neighbour is (a
+    shell, a cron job): with autogroup scheduling, nice counts only within a session, so loops in the
+    benchmark's own session would be kind to a server it started and unkind to one in its own session."""
+    procs = [subprocess.Popen(["nice", "-n", "19", "sh", "-c", "while :; do :; done"], start_new_session=True)
+             for _ in range(cores)]
     try:
         yield procs
     finally:
