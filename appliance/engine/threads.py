@@ -1,9 +1,11 @@
 """How many threads llama.cpp decodes with, chosen from how long its steps take.
 
 Why: llama.cpp's threads meet at a barrier after every op (an OpenMP barrier in our build, a
-spinning one in others).  When they equal the cores, one busy neighbour, even at nice 19, keeps
-one of them off its core now and then and the others wait for it: decoding slows 35-70x
-(bench/RESULTS.md).  With fewer threads than cores the neighbour runs beside us instead.
+spinning one in others).  When they equal the cores, one busy neighbour keeps one of them off its
+core now and then and the others wait for it: decoding slows 35-70x and worse (bench/RESULTS.md).
+Even a nice 19 neighbour does this: with autogroup scheduling (the kernel's default) nice counts
+only within a session, and the runner has a session of its own.  With fewer threads than cores the
+neighbour runs beside us instead.
 
 What: :class:`DecodeThreads` is fed the wall time of every ``llama_decode`` and answers, now and
 then, with another thread count for the runner to set (``llama_set_n_threads``).  It never goes
