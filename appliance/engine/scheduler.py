@@ -48,6 +48,7 @@ class Loaded:
     refs: int = 0
     expires_at: datetime | None = None
     expiry_token: int = 0
+    expiry_scope: trio.CancelScope | None = None
     last_used: float = field(default_factory=time.monotonic)
     scope: trio.CancelScope | None = None
     gone: trio.Event = field(default_factory=trio.Event)
@@ -264,11 +265,20 @@ class Scheduler:
         loaded.expiry_token += 1
         token = loaded.expiry_token
         loaded.expires_at = self._deadline(keep)
+        # One timer per model: the one it replaces is cancelled, not left asleep for keep_alive (a busy
+        # model would otherwise hold one sleeping task per request of the last keep_alive period).
+        if loaded.expiry_scope is not None:
+            loaded.expiry_scope.cancel()
+            loaded.expiry_scope = None
         if not 0 <= keep < MAX_KEEP_ALIVE_S or self._nursery is None:
             return
+        scope = loaded.expiry_scope = trio.CancelScope()
 
         async def expire() -> None:
-            await trio.sleep(max(0.0, keep))
+            with scope:
+                await trio.sleep(max(0.0, keep))
+            if scope.cancelled_caught:
+                return
             if loaded.refs == 0 and loaded.expiry_token == token and loaded in self.loaded:
                 log.info("unloading %s: keep_alive expired", loaded.model.name.display)
                 await self._unload(loaded)

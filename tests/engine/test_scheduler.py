@@ -126,3 +126,24 @@ async def test_a_stopped_runner_leaves_no_descriptor_open(store: Store) -> None:
             await load_and_unload()
         assert len(os.listdir("/proc/self/fd")) == before  # each runner's three pipes are closed
         nursery.cancel_scope.cancel()
+
+
+async def test_one_keep_alive_timer_per_model_however_many_requests(store: Store) -> None:
+    # Each finished request restarts the model's keep_alive; the timer it replaces must go, not sleep on
+    # for keep_alive (a busy server held one sleeping task per request: the soak's slow RSS growth).
+    sched = Scheduler(envconfig.Config.from_env({"HOME": "/tmp", "OLLAMA_KEEP_ALIVE": "1h"}))
+    smol = store.get(parse_name("smol"))
+    async with trio.open_nursery() as nursery:
+        await nursery.start(sched.run)
+        async with sched.use(smol, {}, None):
+            pass
+        await trio.sleep(0.1)
+        assert sched._nursery is not None
+        baseline = len(sched._nursery.child_tasks)
+        for _ in range(50):
+            async with sched.use(smol, {}, None):
+                pass
+        await trio.sleep(0.1)  # the replaced timers see their cancellation and end
+        assert len(sched._nursery.child_tasks) == baseline
+        assert len(sched.loaded) == 1
+        nursery.cancel_scope.cancel()
