@@ -20,6 +20,7 @@ import httpx
 import pytest
 
 from tests.conftest import Server
+from tests.fixtures.faults import file_sha256
 from tests.fixtures.registries import (
     MEDIA_MODEL,
     DockerRegistry,
@@ -54,14 +55,6 @@ def manifest_file(server: Server, host: str, path: tuple[str, str, str] = MODEL_
 def blob_digests(manifest: bytes) -> list[str]:
     obj = json.loads(manifest)
     return [obj["config"]["digest"], *(layer["digest"] for layer in obj["layers"])]
-
-
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
-    return "sha256:" + h.hexdigest()
 
 
 @pytest.fixture(scope="module")
