@@ -73,15 +73,19 @@ def test_a_stalled_body_is_cut_off(srv: Server) -> None:
 
 
 def test_a_reply_may_stream_longer_than_the_read_timeout(srv: Server) -> None:
+    """The client sends nothing while its reply streams; pausing reading for longer than the read
+    timeout (the reply then waits on TCP) must not get the connection closed."""
     with srv.http(timeout=300) as http:
-        start = time.monotonic()
         with http.stream("POST", "/api/generate", json={
                 "model": "smollm2:135m", "prompt": "Write a long story about a lighthouse.",
-                "options": {"num_predict": 400, "temperature": 0.8, "seed": 1}}) as r:
-            lines = [json.loads(line) for line in r.iter_lines() if line]
+                "options": {"num_predict": 64, "temperature": 0.8, "seed": 1}}) as r:
+            lines = []
+            for line in r.iter_lines():
+                if line:
+                    lines.append(json.loads(line))
+                if len(lines) == 2:
+                    time.sleep(3 * READ_TIMEOUT_S)
         assert lines[-1]["done"] is True, lines[-1]
-        if time.monotonic() - start < 2 * READ_TIMEOUT_S:
-            pytest.fail("the generation finished before the read timeout: make it longer")  # pragma: no cover
 
 
 def test_connections_beyond_the_cap_get_503_and_a_freed_place_is_reused(srv: Server) -> None:
