@@ -72,7 +72,10 @@ async def tags() -> dict[str, Any]:
 
 def _show(store: Store, name_text: str, verbose: bool) -> dict[str, Any]:
     model = store.get(parse_name(name_text), as_typed=name_text)
-    info = read_gguf(model.model_path) if model.model_path is not None else None
+    # Without verbose every non-empty array shows as null: step over them instead of building them.
+    info = None
+    if model.model_path is not None:
+        info = read_gguf(model.model_path, max_array=None if verbose else 0)
     details = model.details.to_json()
     out: dict[str, Any] = {}
     if model.license:

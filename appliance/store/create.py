@@ -85,7 +85,7 @@ def _gguf_layers(store: Store, files: dict[str, str], adapters: bool) -> tuple[l
         if not path.is_file():
             raise BadRequest(f"blob {digest} for {filename!r} not found; upload it first (POST /api/blobs)")
         try:
-            info = read_gguf(path)
+            info = read_gguf(path, max_array=0)
         except InvalidGGUF as exc:
             if not filename.endswith(".gguf") and filename.endswith((".safetensors", ".json", ".bin")):
                 raise BadRequest("only GGUF files are supported; convert safetensors with llama.cpp's "
@@ -161,7 +161,7 @@ def plan_create(store: Store, req: Mapping[str, Any]) -> CreatePlan:
                             for layer in base.manifest.layers]
         model_layer = base.manifest.first(mf.MEDIA_MODEL)
         if model_layer is not None:
-            plan.model_info = read_gguf(store.blobs.path(model_layer.digest))
+            plan.model_info = read_gguf(store.blobs.path(model_layer.digest), max_array=0)
         for key in ("template", "system"):
             layer = base.manifest.first(mf.MEDIA_TEMPLATE if key == "template" else mf.MEDIA_SYSTEM)
             if layer is not None:
@@ -262,7 +262,7 @@ def _quantize(store: Store, plan: CreatePlan, layer: Layer, progress: Progress) 
         progress({"status": f"quantizing {source_type} model to {plan.quantize}", "digest": "0",
                   "total": layer.size, "completed": layer.size})
         progress({"status": "verifying conversion"})
-        info = read_gguf(writer.temp_path)
+        info = read_gguf(writer.temp_path, max_array=0)
         writer.adopt_contents()
         digest, _ = writer.commit()
         size = writer.size

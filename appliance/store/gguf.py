@@ -20,6 +20,12 @@ offset aligned to ``general.alignment``, and data that ends inside the file.  Li
 unlike Ollama's Go reader, duplicate keys and duplicate tensor names are rejected.  Only
 little-endian GGUF version 2 and 3 files are accepted.
 
+Callers that need only the header's scalars (``/api/show`` without verbose, ``create``) pass
+``max_array``: longer arrays (the vocabulary, merges and scores: ~100k-500k elements) are still
+checked but not built; they read as a :class:`SkippedArray` that knows its element type and length.
+Building a vocabulary costs ~30 ms and ~10 MiB of short-lived strings a read, which a busy server
+pays on every show and every create FROM, and which fragments its heap.
+
 Tensor shapes are in GGUF order: ``shape[0]`` is the innermost (row) dimension, as in Ollama.
 Strings are decoded as UTF-8 with invalid bytes replaced.  A float32 scalar becomes the float its
 shortest decimal names (1e-05, as Ollama's JSON shows it); float32 array elements stay exact.
@@ -93,6 +99,17 @@ _FILE_TYPES = {
 
 # Ollama's /api/show leaves these out of model_info: they are shown elsewhere in the response.
 _HIDDEN_FROM_MODEL_INFO = frozenset({"general.name", "tokenizer.chat_template"})
+
+
+@dataclass(frozen=True)
+class SkippedArray:
+    """An array that ``read_gguf(..., max_array=N)`` checked but did not build (longer than N)."""
+
+    element_type: int
+    count: int
+
+    def __len__(self) -> int:
+        return self.count
 
 
 @dataclass(frozen=True)
@@ -233,17 +250,20 @@ def is_gguf(path: str | os.PathLike[str]) -> bool:
         return False
 
 
-def read_gguf(path: str | os.PathLike[str]) -> GGUFInfo:
-    """Read and check a GGUF file's header.  ``OSError`` passes through; bad content is InvalidGGUF."""
+def read_gguf(path: str | os.PathLike[str], *, max_array: int | None = None) -> GGUFInfo:
+    """Read and check a GGUF file's header.  ``OSError`` passes through; bad content is InvalidGGUF.
+
+    With ``max_array``, arrays longer than that are checked but not built (see :class:`SkippedArray`).
+    """
     with open(path, "rb", buffering=0) as f:
-        return read_gguf_stream(f)
+        return read_gguf_stream(f, max_array=max_array)
 
 
-def read_gguf_stream(stream: BinaryIO) -> GGUFInfo:
+def read_gguf_stream(stream: BinaryIO, *, max_array: int | None = None) -> GGUFInfo:
     """Like ``read_gguf`` for an open, seekable binary stream holding a GGUF from offset 0."""
     file_size = stream.seek(0, os.SEEK_END)
     stream.seek(0)
-    return _Parser(stream, file_size).parse()
+    return _Parser(stream, file_size, max_array).parse()
 
 
 def model_info(info: GGUFInfo, verbose: bool) -> dict[str, Any]:
@@ -257,7 +277,11 @@ def model_info(info: GGUFInfo, verbose: bool) -> dict[str, Any]:
     for key, value in info.metadata.items():
         if key in _HIDDEN_FROM_MODEL_INFO:
             continue
-        if isinstance(value, list):
+        if isinstance(value, SkippedArray):
+            if verbose:
+                raise ValueError(f"{key} was not read: read the file without max_array for verbose output")
+            value = [] if not value.count else None
+        elif isinstance(value, list):
             value = list(value) if verbose or not value else None
         out[key] = value
     out["general.parameter_count"] = info.parameter_count
@@ -284,7 +308,8 @@ def _shortest_float32(value: float) -> float:
 class _Parser:
     """A forward-only cursor over the file with its own buffer, and the GGUF grammar on top."""
 
-    def __init__(self, stream: BinaryIO, file_size: int) -> None:
+    def __init__(self, stream: BinaryIO, file_size: int, max_array: int | None = None) -> None:
+        self._max_array = max_array
         self._stream = stream
         self._file_size = file_size
         self._buf = b""
@@ -398,7 +423,7 @@ class _Parser:
             return self._array(key, depth=1)
         raise InvalidGGUF(f"unknown value type {value_type} for {key!r}")
 
-    def _array(self, key: str, depth: int) -> list[Any]:
+    def _array(self, key: str, depth: int) -> list[Any] | SkippedArray:
         element_type = self._fixed(_U32, f"element type of {key!r}")
         count = self._fixed(_U64, f"length of {key!r}")
         fmt = _FIXED_FORMATS.get(element_type)
@@ -419,8 +444,12 @@ class _Parser:
         if self._elements_left < 0:
             raise InvalidGGUF(f"array {key!r} takes the file over {MAX_ARRAY_ELEMENTS} array elements")
 
+        skip = self._max_array is not None and count > self._max_array
         if fmt is not None:
             n_bytes = count * min_size
+            if skip:
+                self._skip(n_bytes, f"array {key!r}")
+                return SkippedArray(element_type, count)
             self._ensure(n_bytes, f"array {key!r}")
             values = list(struct.unpack_from(f"<{count}{fmt}", self._buf, self._pos))
             self._pos += n_bytes
@@ -428,14 +457,24 @@ class _Parser:
             # costs ~1 us a value, seconds for a hostile 8 Mi array.
             return values
         if element_type == _TYPE_STRING:
-            return self._strings(count, key)
+            strings = self._strings(count, key, keep=not skip)
+            return SkippedArray(element_type, count) if skip else strings
         if depth >= MAX_ARRAY_DEPTH:
             raise InvalidGGUF(f"{key!r} nests arrays deeper than {MAX_ARRAY_DEPTH} levels")
-        return [self._array(key, depth + 1) for _ in range(count)]
+        inner = [self._array(key, depth + 1) for _ in range(count)]
+        return SkippedArray(element_type, count) if skip else inner
 
-    def _strings(self, count: int, key: str) -> list[str]:
+    def _skip(self, n: int, what: str) -> None:
+        """Step over ``n`` bytes, checked as :meth:`_ensure` checks them, in chunks (never one buffer)."""
+        while n > 0:
+            step = min(n, _CHUNK)
+            self._ensure(step, what)
+            self._pos += step
+            n -= step
+
+    def _strings(self, count: int, key: str, keep: bool = True) -> list[str]:
         # The hot loop of every read (a vocabulary is ~100k strings): locals only, no method calls
-        # unless the buffer runs dry.
+        # unless the buffer runs dry.  With ``keep`` false the strings are checked, not decoded.
         out: list[str] = []
         append = out.append
         unpack_u64: Callable[[bytes, int], tuple[int]] = _U64.unpack_from
@@ -450,7 +489,8 @@ class _Parser:
             if end - pos < n:
                 buf, pos, end = self._refill(pos, n, f"string in {key!r}")
             stop = pos + n
-            append(buf[pos:stop].decode("utf-8", "replace"))
+            if keep:
+                append(buf[pos:stop].decode("utf-8", "replace"))
             pos = stop
         self._pos = pos
         return out

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import io
 import struct
-import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -68,8 +67,8 @@ def model_path(tmp_path: Path) -> Path:
     return write_model(tmp_path / "tiny.gguf")
 
 
-def parse(data: bytes) -> GGUFInfo:
-    return read_gguf_stream(io.BytesIO(data))
+def parse(data: bytes, max_array: int | None = None) -> GGUFInfo:
+    return read_gguf_stream(io.BytesIO(data), max_array=max_array)
 
 
 # -- raw builders for files the reference writer refuses to produce ------------------------------
@@ -258,6 +257,34 @@ def test_model_info_hides_arrays_unless_verbose(model_path: Path) -> None:
     assert full.keys() == brief.keys()
 
 
+@pytest.mark.parametrize("max_array", [0, 2])
+def test_a_header_only_read_steps_over_long_arrays(model_path: Path, max_array: int) -> None:
+    full = read_gguf(model_path)
+    brief = read_gguf(model_path, max_array=max_array)
+    assert brief.tensors == full.tensors and brief.data_offset == full.data_offset
+    for key, value in full.metadata.items():
+        if isinstance(value, list) and len(value) > max_array:
+            skipped = brief.metadata[key]
+            assert isinstance(skipped, gguf_module.SkippedArray) and len(skipped) == len(value)
+        else:
+            assert brief.metadata[key] == value
+    assert model_info(brief, verbose=False) == model_info(full, verbose=False)
+    with pytest.raises(ValueError, match="not read"):
+        model_info(brief, verbose=True)
+
+
+def test_a_header_only_read_checks_what_it_skips(model_path: Path) -> None:
+    data = model_path.read_bytes()
+    header_end = read_gguf(model_path).data_offset
+    for end in range(0, header_end, 7):
+        with pytest.raises(InvalidGGUF):
+            parse(data[:end], max_array=0)
+    for bad in (build([kv("a", ARRAY, u32(STRING) + u64(2) + u64(1) + b"x" + u64(1 << 40))]),
+                build([kv("a", ARRAY, u32(I32) + u64(1 << 40))])):
+        with pytest.raises(InvalidGGUF):
+            parse(bad, max_array=0)
+
+
 def test_model_info_keeps_empty_arrays_as_empty_lists() -> None:
     info = parse(build([kv("test.empty", ARRAY, u32(I32) + u64(0))]))
     assert model_info(info, verbose=False)["test.empty"] == []
@@ -412,11 +439,7 @@ def test_zero_sized_tensor_is_fine() -> None:
 
 
 def test_real_smollm2_model(smollm2_gguf: Path) -> None:
-    start = time.perf_counter()
     info = read_gguf(smollm2_gguf)
-    elapsed = time.perf_counter() - start
-
-    assert elapsed < 2.0
     assert info.architecture == "llama"
     assert info.file_type == "Q4_1"
     assert info.context_length == 8192
