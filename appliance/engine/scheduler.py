@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+from collections import OrderedDict
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -33,6 +34,8 @@ BUSY_MESSAGE = "server busy, please try again.  maximum pending requests exceede
 FOREVER = datetime(2318, 1, 1, tzinfo=UTC)
 #: The longest keep_alive that is not "forever": Go's time.Duration (int64 nanoseconds) ends here.
 MAX_KEEP_ALIVE_S = (2**63 - 1) / 1e9
+#: Parsed GGUF headers kept (each holds its vocabulary: ~5-30 MiB of strings); older ones are re-read.
+GGUF_CACHE_ENTRIES = 4
 
 
 @dataclass(eq=False)
@@ -54,6 +57,8 @@ class Loaded:
     gone: trio.Event = field(default_factory=trio.Event)
     n_layers: int = 0
     unloading: bool = False
+    #: A waiting request needs this runner gone: it takes no new requests, and goes once idle.
+    draining: bool = False
 
     @property
     def vram_bytes(self) -> int:
@@ -113,7 +118,7 @@ class Scheduler:
         self._changed = trio.Event()  # set (and replaced) whenever a model is released or unloaded
         self._closing = trio.Event()
         self._stopped = trio.Event()
-        self._gguf_cache: dict[str, GGUFInfo] = {}
+        self._gguf_cache: OrderedDict[str, GGUFInfo] = OrderedDict()
         self.memory_available = memory_available  # replaceable, for tests of memory-driven eviction
 
     # -- life cycle -----------------------------------------------------------------------------
@@ -210,9 +215,14 @@ class Scheduler:
         if model.model_path is None:
             raise ApplianceError(f"model '{model.name.display}' has no weights")
         key = str(model.model_path)
-        if key not in self._gguf_cache:
-            self._gguf_cache[key] = await trio.to_thread.run_sync(read_gguf, model.model_path)
-        return self._gguf_cache[key]
+        info = self._gguf_cache.get(key)
+        if info is None:
+            info = await trio.to_thread.run_sync(read_gguf, model.model_path)
+            self._gguf_cache[key] = info
+            while len(self._gguf_cache) > GGUF_CACHE_ENTRIES:
+                self._gguf_cache.popitem(last=False)
+        self._gguf_cache.move_to_end(key)
+        return info
 
     # -- use ------------------------------------------------------------------------------------
 
@@ -287,7 +297,8 @@ class Scheduler:
 
     def _find(self, model: Model, options: LoadOptions) -> Loaded | None:
         for loaded in self.loaded:
-            if loaded.options == options and not loaded.runner.dead and not loaded.gone.is_set():
+            if (loaded.options == options and not loaded.draining and not loaded.runner.dead
+                    and not loaded.gone.is_set()):
                 return loaded
         return None
 
@@ -301,19 +312,29 @@ class Scheduler:
             found = self._find(model, wanted)
             if found is not None:
                 return found
-            # Same weights loaded with other options (num_ctx …): reload once it is idle.
-            for other in [lo for lo in self.loaded if lo.options.model_path == wanted.model_path]:
-                while other.refs > 0 and other in self.loaded:
-                    await self._changed.wait()
-                await self._unload(other)
-            file_size = os.path.getsize(wanted.model_path)
-            need = estimate_bytes(info, file_size, wanted)
-            await self._make_room(need)
+            # A runner this request waits to replace is drained: requests that arrive meanwhile queue
+            # behind this one instead of being handed the old runner, which would then never go idle
+            # (as Ollama's scheduler, which stops using a runner it is waiting to unload).
+            drained: list[Loaded] = []
+            try:
+                # Same weights loaded with other options (num_ctx …): reload once it is idle.
+                for other in [lo for lo in self.loaded if lo.options.model_path == wanted.model_path]:
+                    other.draining = True
+                    drained.append(other)
+                    while other.refs > 0 and other in self.loaded:
+                        await self._changed.wait()
+                    await self._unload(other)
+                file_size = os.path.getsize(wanted.model_path)
+                need = estimate_bytes(info, file_size, wanted)
+                await self._make_room(need, drained)
+            finally:
+                for other in drained:  # left loaded only when this request gave up (cancelled, failed)
+                    other.draining = False
             loaded = await self._start(model, wanted, need)
             loaded.n_layers = info.block_count or 0
             return loaded
 
-    async def _make_room(self, need: int) -> None:
+    async def _make_room(self, need: int, drained: list[Loaded]) -> None:
         max_loaded = self.cfg.max_loaded_models or 3
         while True:
             too_many = len(self.loaded) >= max_loaded
@@ -332,6 +353,11 @@ class Scheduler:
                     f"model requires more system memory ({need / gib:.1f} GiB) than is "
                     f"available ({self.memory_available() / gib:.1f} GiB)"
                 )
+            if not any(lo.draining for lo in self.loaded):
+                victim = min(self.loaded, key=lambda lo: lo.last_used)
+                log.info("evicting %s once its %d requests end", victim.model.name.display, victim.refs)
+                victim.draining = True
+                drained.append(victim)
             await self._changed.wait()
 
     async def _start(self, model: Model, options: LoadOptions, need: int) -> Loaded:

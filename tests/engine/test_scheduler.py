@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 import pytest
 import trio
+import trio.testing
 
 from appliance import envconfig
 from appliance.engine import gpu
@@ -146,4 +148,61 @@ async def test_one_keep_alive_timer_per_model_however_many_requests(store: Store
         await trio.sleep(0.1)  # the replaced timers see their cancellation and end
         assert len(sched._nursery.child_tasks) == baseline
         assert len(sched.loaded) == 1
+        nursery.cancel_scope.cancel()
+
+
+@pytest.mark.parametrize("case", ["other model over the limit", "same model, other num_ctx"])
+async def test_a_request_waiting_to_replace_a_runner_is_not_starved(store: Store, case: str) -> None:
+    # A request that needs a busy runner gone must not wait behind requests that arrive after it: the
+    # old runner takes no new work while it waits, so it goes idle (the soak found it never did).
+    sched = Scheduler(envconfig.Config.from_env(
+        {"HOME": "/tmp", "OLLAMA_MAX_LOADED_MODELS": "1", "OLLAMA_NUM_PARALLEL": "2"}))
+    smol, gemma = store.get(parse_name("smol")), store.get(parse_name("gemma"))
+    if case == "other model over the limit":
+        waiter_model, waiter_options = gemma, {}
+    else:
+        waiter_model, waiter_options = smol, {"num_ctx": 1024}
+    order: list[str] = []
+    release_first = trio.Event()
+
+    async def request(name: str, model: Any, options: dict[str, Any], hold: trio.Event | None = None,
+                      *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+        async with sched.use(model, options, None):
+            order.append(name)
+            task_status.started()
+            if hold is not None:
+                await hold.wait()
+
+    async with trio.open_nursery() as nursery:
+        await nursery.start(sched.run)
+        with trio.fail_after(120):
+            async with trio.open_nursery() as clients:
+                await clients.start(request, "first", smol, {}, release_first)
+                clients.start_soon(request, "waiter", waiter_model, waiter_options)
+                while not sched._load_lock.locked():  # the waiter holds the load lock while it waits
+                    await trio.sleep(0.01)
+                await trio.testing.wait_all_tasks_blocked()
+                clients.start_soon(request, "late", smol, {})  # a free slot on the old runner
+                await trio.testing.wait_all_tasks_blocked()
+                await trio.sleep(0.2)
+                assert order == ["first"]  # the late request was not handed the runner being replaced
+                release_first.set()
+        assert order == ["first", "waiter", "late"]
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_replacement_given_up_leaves_the_old_runner_in_service(store: Store) -> None:
+    sched = Scheduler(envconfig.Config.from_env({"HOME": "/tmp", "OLLAMA_MAX_LOADED_MODELS": "1",
+                                                 "OLLAMA_NUM_PARALLEL": "2"}))
+    smol, gemma = store.get(parse_name("smol")), store.get(parse_name("gemma"))
+    async with trio.open_nursery() as nursery:
+        await nursery.start(sched.run)
+        async with sched.use(smol, {}, None):
+            with trio.move_on_after(0.5):  # the client gives up waiting for the other model
+                async with sched.use(gemma, {}, None):
+                    pytest.fail("gemma cannot load while smol is busy and only one model may be loaded")
+            assert not any(lo.draining for lo in sched.loaded)
+            with trio.fail_after(5):
+                async with sched.use(smol, {}, None) as again:  # the old runner serves again at once
+                    assert again.model.name.model == "smol"
         nursery.cancel_scope.cancel()
