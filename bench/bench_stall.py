@@ -1,6 +1,6 @@
 """The event loop's worst stall under hostile requests (issue 11), this code against a reference tree.
 
-A probe thread asks ``GET /api/version`` every 10 ms on its own connection and records how long each
+A probe process asks ``GET /api/version`` every 10 ms on its own connection and records how long each
 answer takes; while it runs, one hostile request is sent at a time (a 1.5 MB template, a 60 MB
 ``[{},{},…]`` body, a 60 MB prompt, a 5-million-item schema, a huge context list).  The worst probe
 latency during each case, minus the idle median, is how long the event loop could not answer.  The
@@ -63,24 +63,56 @@ def cases() -> list[tuple[str, str, bytes]]:
     ]
 
 
-class Probe:
-    def __init__(self, url: str) -> None:
-        self.url = url
-        self.samples: list[tuple[float, float]] = []  # (sent at, latency)
-        self.stop = threading.Event()
-        self.thread = threading.Thread(target=self.run, daemon=True)
+PROBE = """
+import sys, time, httpx
+with httpx.Client(base_url=sys.argv[1], timeout=120) as client:
+    for line in sys.stdin:  # one line a round: the parent keeps it fed until it closes stdin
+        t0 = time.monotonic()
+        try:
+            client.get("/api/version")
+        except httpx.HTTPError:
+            pass
+        print(t0, time.monotonic() - t0, flush=True)
+"""
 
-    def run(self) -> None:
-        with httpx.Client(base_url=self.url, timeout=120) as client:
+
+class Probe:
+    """``GET /api/version`` every 10 ms from a process of its own, so that nothing the benchmark itself
+    does (building and sending a 60 MB body holds this process's GIL) shows as a server stall."""
+
+    def __init__(self, url: str) -> None:
+        self.proc = subprocess.Popen([sys.executable, "-c", PROBE, url], stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, text=True, bufsize=1)
+        self.samples: list[tuple[float, float]] = []  # (sent at, latency), time.monotonic()
+        self.stop = threading.Event()
+        self.feeder = threading.Thread(target=self.feed, daemon=True)
+        self.reader = threading.Thread(target=self.read, daemon=True)
+        self.feeder.start()
+        self.reader.start()
+
+    def feed(self) -> None:
+        assert self.proc.stdin is not None
+        with contextlib.suppress(OSError):
             while not self.stop.is_set():
-                t0 = time.perf_counter()
-                with contextlib.suppress(httpx.HTTPError):
-                    client.get("/api/version")
-                self.samples.append((t0, time.perf_counter() - t0))
+                self.proc.stdin.write("\n")  # the probe waits for its line; a late one is not a stall
+                self.proc.stdin.flush()
                 time.sleep(0.01)
+            self.proc.stdin.close()
+
+    def read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            t0, lat = line.split()
+            self.samples.append((float(t0), float(lat)))
+
+    def close(self) -> None:
+        self.stop.set()
+        self.feeder.join()
+        self.proc.wait(timeout=30)
+        self.reader.join()
 
     def worst_between(self, start: float, end: float) -> float:
-        return max((lat for t0, lat in self.samples if start <= t0 + lat and t0 <= end), default=0.0)
+        return max((lat for t0, lat in list(self.samples) if start <= t0 + lat and t0 <= end), default=0.0)
 
 
 def measure(tree: Path, gguf: Path) -> list[tuple[str, int, float, float]]:
@@ -105,23 +137,21 @@ def measure(tree: Path, gguf: Path) -> list[tuple[str, int, float, float]]:
         with httpx.Client(base_url=url, timeout=600) as client:
             client.post("/api/generate", json={"model": MODEL, "prompt": ""})  # load the model first
             probe = Probe(url)
-            probe.thread.start()
             time.sleep(2)
             idle = statistics.median(lat for _, lat in probe.samples)
             rows = []
             for name, path, body in cases():
-                start = time.perf_counter()
+                start = time.monotonic()
                 try:
                     status = client.post(path, content=body, headers={"Content-Type": "application/json"},
                                          timeout=120).status_code
                 except httpx.HTTPError:
                     status = 0  # no answer in 120 s (or the server went away)
-                end = time.perf_counter()
+                end = time.monotonic()
                 time.sleep(0.3)
                 stall = max(0.0, probe.worst_between(start, end) - idle)
                 rows.append((name, status, stall * 1000, rss_mib(server.pid)))
-            probe.stop.set()
-            probe.thread.join()
+            probe.close()
         return rows
     finally:
         server.terminate()
