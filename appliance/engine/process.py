@@ -45,6 +45,9 @@ class LoadOptions:
     flash_attention: str
     kv_cache_type: str
     adapters: tuple[str, ...] = ()
+    #: A draft model for speculative decoding, and how many tokens it guesses per step ("" / 0: none).
+    draft_path: str = ""
+    draft_num_predict: int = 0
 
     def argv(self, verbose: bool) -> list[str]:
         args = [
@@ -70,6 +73,8 @@ class LoadOptions:
         ]
         if not self.use_mmap:
             args.append("--no-mmap")
+        if self.draft_path:
+            args += ["--draft", self.draft_path, "--draft-max", str(self.draft_num_predict)]
         if verbose:
             args.append("--verbose")
         return args

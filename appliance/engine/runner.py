@@ -10,7 +10,8 @@ prompt chunks of sequences still reading their prompt (continuous batching), cal
 ``llama_decode`` once, and samples each sequence with its own ``llama_sampler`` chain directly on
 llama.cpp's logits (no logits are copied into Python).  A sequence keeps its KV cache between
 requests; a new request goes to the idle slot sharing the longest prompt prefix, and only the
-tokens after that prefix are evaluated.
+tokens after that prefix are evaluated.  With a draft model (:mod:`appliance.engine.speculative`),
+a generating sequence puts its draft's guesses in the same batch, each with logits for the check.
 """
 
 from __future__ import annotations
@@ -28,6 +29,8 @@ from typing import Any, BinaryIO
 
 from appliance.api.options import predict_limits
 from appliance.engine import protocol
+from appliance.engine.speculative import MAX_DRAFT_TOKENS, Draft
+from appliance.engine.speculative import common_prefix as _common_prefix
 from appliance.engine.threads import DecodeThreads, IdleCores
 
 LLAMA_DEFAULT_SEED = 0xFFFFFFFF
@@ -62,6 +65,8 @@ class Slot:
     truncated: bool = False
     last_used: float = 0.0
     matched_stop: str | None = None  # the stop string that ended the reply, reported in "done"
+    n_drafted: int = 0  # draft tokens the target checked for this request
+    n_accepted: int = 0  # ... and agreed with
 
     @property
     def busy(self) -> bool:
@@ -110,6 +115,14 @@ class Runner:
         self.ctx = llama.llama_init_from_model(self.model, cparams)
         if not self.ctx:
             raise RuntimeError("unable to create the llama.cpp context (out of memory?)")
+        # A verification puts 1 + k tokens of a sequence in the batch: k stays below the batch size.
+        self.draft_max = max(0, min(args.draft_max, MAX_DRAFT_TOKENS, n_batch - 1))
+        self.draft: Draft | None = None
+        if args.draft and self.draft_max > 0:
+            self.draft = Draft(llama, args.draft, self.model, n_ctx_slot=llama.llama_n_ctx_seq(self.ctx),
+                               n_parallel=self.n_parallel, n_batch=n_batch, threads=threads,
+                               n_gpu_layers=args.n_gpu_layers, use_mmap=args.mmap,
+                               flash_attn=cparams.flash_attn_type, kv_type=kv)
         self.mem = llama.llama_get_memory(self.ctx)
         self.n_batch = n_batch
         self.n_ctx = llama.llama_n_ctx(self.ctx)
@@ -310,6 +323,7 @@ class Runner:
         slot.cancelled = False
         slot.truncated = truncated
         slot.matched_stop = None
+        slot.n_drafted = slot.n_accepted = 0
 
     def _finish(self, slot: Slot, reason: str, events: list[dict[str, Any]]) -> None:
         now = time.perf_counter()
@@ -331,6 +345,8 @@ class Runner:
                 "stop_sequence": slot.matched_stop,
             }
         )
+        if self.draft is not None:
+            events[-1].update(draft_count=slot.n_drafted, draft_accepted=slot.n_accepted)
         self._free_samplers(slot)
         slot.request_id = None
         slot.pending = []
@@ -357,6 +373,8 @@ class Runner:
         self.llama.llama_memory_seq_rm(self.mem, slot.seq_id, keep, keep + discard)
         self.llama.llama_memory_seq_add(self.mem, slot.seq_id, keep + discard, n_past, -discard)
         del slot.cached[keep : keep + discard]
+        if self.draft is not None:
+            self.draft.shift(slot.seq_id, keep, discard)
         return True
 
     def step(self) -> None:
@@ -367,21 +385,29 @@ class Runner:
             if slot.busy and slot.cancelled:
                 self._finish(slot, "cancel", events)
         n = 0
-        outputs: list[tuple[Slot, int]] = []
+        outputs: list[tuple[Slot, int, list[int]]] = []  # slot, row of its first logits, draft tokens
         participants: list[Slot] = []
-        # Generating slots first: one token each, so they never starve behind a long prompt.
+        generating: list[Slot] = []
         for slot in self.slots:
             if not slot.busy or slot.last_token is None:
                 continue
             if len(slot.cached) + 1 >= self.n_ctx_slot and not self._shift_context(slot):
                 self._finish(slot, "length", events)
                 continue
-            self._add(n, slot.last_token, len(slot.cached), slot.seq_id, True)
+            generating.append(slot)
+        guesses = self._draft(generating) if self.draft is not None else {}
+        # Generating slots first: one token each (plus the draft's guesses, each with logits for the
+        # check), so they never starve behind a long prompt.
+        for slot in generating:
+            assert slot.last_token is not None
+            drafted = guesses.get(slot.seq_id, [])
+            outputs.append((slot, n, drafted))
+            participants.append(slot)
+            for j, tok in enumerate([slot.last_token, *drafted]):
+                self._add(n, tok, len(slot.cached) + j, slot.seq_id, True)
+                n += 1
             slot.cached.append(slot.last_token)
             slot.last_token = None
-            outputs.append((slot, n))
-            participants.append(slot)
-            n += 1
         for slot in self.slots:
             if not slot.busy or not slot.pending or n >= self.n_batch:
                 continue
@@ -393,7 +419,7 @@ class Runner:
                 self._add(n, tok, len(slot.cached), slot.seq_id, last)
                 slot.cached.append(tok)
                 if last:
-                    outputs.append((slot, n))
+                    outputs.append((slot, n, []))
                 n += 1
         if n == 0:
             self.send_many(events)
@@ -405,6 +431,8 @@ class Runner:
             threads = self.decode_threads.observe(time.perf_counter() - t0, n)
             if threads is not None:
                 llama.llama_set_n_threads(self.ctx, threads, threads)
+                if self.draft is not None:
+                    self.draft.set_threads(threads)
         else:
             for slot in participants:
                 events.append(
@@ -418,9 +446,12 @@ class Runner:
             self.send_many(events)
             return
         now = time.perf_counter()
-        for slot, idx in outputs:
+        for slot, idx, drafted in outputs:
             if slot.t_prompt_done == 0.0:
                 slot.t_prompt_done = now
+            if drafted:
+                self._verify(slot, idx, drafted, events)
+                continue
             if slot.grammar is not None:
                 token = self._sample_constrained(slot, idx)
             else:
@@ -428,8 +459,47 @@ class Runner:
             self._emit(slot, token, events)
         self.send_many(events)
 
+    def _draft(self, generating: list[Slot]) -> dict[int, list[int]]:
+        """The draft's guesses for the generating slots that may use them (see speculative.py).
+
+        A slot with a grammar decodes without: the grammar would have to judge every guess, and the
+        constrained answers it serves are short.  Guesses never run past the request's num_predict
+        or the slot's context, so every one of them can be checked."""
+        assert self.draft is not None
+        wants = []
+        for slot in generating:
+            if slot.grammar is not None or slot.last_token is None:
+                continue
+            room = self.n_ctx_slot - 2 - len(slot.cached)
+            k = min(self.draft_max, room, self._predict_limit(slot) - slot.n_predicted - 1)
+            if k > 0:
+                wants.append((slot.seq_id, slot.cached, slot.last_token, k))
+        return self.draft.propose(wants) if wants else {}
+
+    def _verify(self, slot: Slot, idx: int, drafted: list[int], events: list[dict[str, Any]]) -> None:
+        """Sample the slot's positions in order with its own chain, keep the guesses the target agrees
+        with, and emit each sampled token as the token-by-token path would: the text cannot differ."""
+        llama = self.llama
+        for j in range(len(drafted) + 1):
+            token = llama.llama_sampler_sample(slot.sampler, self.ctx, idx + j)
+            agreed = j < len(drafted) and token == drafted[j]
+            if j < len(drafted):
+                slot.n_drafted += 1
+                slot.n_accepted += agreed
+            self._emit(slot, token, events)
+            if not agreed or not slot.busy:
+                break
+            slot.cached.append(token)  # its KV entry came with the check
+            slot.last_token = None
+        # The entries of guesses after the first disagreement (or after the end) are wrong: drop them.
+        llama.llama_memory_seq_rm(self.mem, slot.seq_id, len(slot.cached), -1)
+        assert self.draft is not None
+        self.draft.truncate(slot.seq_id, len(slot.cached))
+
     def _reset_slot(self, slot: Slot) -> None:
         self.llama.llama_memory_seq_rm(self.mem, slot.seq_id, -1, -1)
+        if self.draft is not None:
+            self.draft.reset(slot.seq_id)
         slot.cached = []
         self._free_samplers(slot)
         slot.request_id, slot.pending, slot.last_token = None, [], None
@@ -503,13 +573,15 @@ class Runner:
             slot.held = ""
         if text:
             events.append({"id": slot.request_id, "event": "token", "text": text})
-        limit = slot.options["num_predict"]
-        if limit == -2:
-            limit = self.n_ctx_slot - slot.n_prompt
+        limit = self._predict_limit(slot)
         if 0 <= limit <= slot.n_predicted:
             self._finish(slot, "length", events)
             return
         slot.last_token = token
+
+    def _predict_limit(self, slot: Slot) -> int:
+        limit = int(slot.options["num_predict"])
+        return self.n_ctx_slot - slot.n_prompt if limit == -2 else limit
 
     # -- embeddings -----------------------------------------------------------------------------
 
@@ -639,6 +711,8 @@ class Runner:
                 llama.llama_sampler_free(slot.sampler)
         if self.embed_ctx is not None:
             llama.llama_free(self.embed_ctx)
+        if self.draft is not None:
+            self.draft.close()
         llama.llama_free(self.ctx)
         llama.llama_model_free(self.model)
 
@@ -650,14 +724,6 @@ class BadRequestError(ValueError):
 def _debug(text: str) -> None:
     """A line for the server's debug log (it logs the runner's stderr at debug level)."""
     sys.stderr.write(f"runner: {text}\n")
-
-
-def _common_prefix(a: list[int], b: list[int]) -> int:
-    n = min(len(a), len(b))
-    i = 0
-    while i < n and a[i] == b[i]:
-        i += 1
-    return i
 
 
 def _partial_stop_suffix(text: str, stops: tuple[str, ...]) -> int:
@@ -703,6 +769,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--no-mmap", dest="mmap", action="store_false")
     p.add_argument("--flash-attention", choices=["auto", "on", "off"], default="auto")
     p.add_argument("--kv-cache-type", default="")
+    p.add_argument("--draft", default="", help="a draft model for speculative decoding")
+    p.add_argument("--draft-max", type=int, default=0, help="tokens the draft guesses per step (0: none)")
     p.add_argument("--verbose", action="store_true")
     return p.parse_args(argv)
 

@@ -24,6 +24,7 @@ import trio
 from appliance import envconfig
 from appliance.engine import gpu
 from appliance.engine.process import LoadOptions, RunnerProcess
+from appliance.engine.speculative import MAX_DRAFT_TOKENS
 from appliance.errors import ApplianceError, RunnerError, ServerBusy
 from appliance.store.gguf import GGUFInfo, read_gguf
 from appliance.store.model import Model
@@ -181,6 +182,10 @@ class Scheduler:
         n_gpus = len(self.system.gpus) if self.system else 0
         main_gpu = int(merged.get("main_gpu") or 0)
         fa = self.cfg.flash_attention
+        # As upstream: drafting needs a DRAFT layer, and draft_num_predict <= 0 turns it off, in which
+        # case the draft is not even loaded (the same runner serves "no draft" either way).
+        draft_n = max(0, min(int(merged.get("draft_num_predict", 4)), MAX_DRAFT_TOKENS, num_batch - 1))
+        draft_path = str(model.draft_path) if model.draft_path and draft_n > 0 else ""
         return LoadOptions(
             model_path=str(model.model_path),
             num_ctx=num_ctx,
@@ -193,6 +198,8 @@ class Scheduler:
             flash_attention="auto" if fa is None else ("on" if fa else "off"),
             kv_cache_type=self.cfg.kv_cache_type or "",
             adapters=tuple(str(p) for p in model.adapter_paths),
+            draft_path=draft_path,
+            draft_num_predict=draft_n if draft_path else 0,
         )
 
     def _num_gpu(self, info: GGUFInfo, model: Model, requested: int, num_ctx: int) -> int:
@@ -214,10 +221,12 @@ class Scheduler:
     async def gguf(self, model: Model) -> GGUFInfo:
         if model.model_path is None:
             raise ApplianceError(f"model '{model.name.display}' has no weights")
-        key = str(model.model_path)
+        return await self._gguf_at(str(model.model_path))
+
+    async def _gguf_at(self, key: str) -> GGUFInfo:
         info = self._gguf_cache.get(key)
         if info is None:
-            info = await trio.to_thread.run_sync(read_gguf, model.model_path)
+            info = await trio.to_thread.run_sync(read_gguf, key)
             self._gguf_cache[key] = info
             while len(self._gguf_cache) > GGUF_CACHE_ENTRIES:
                 self._gguf_cache.popitem(last=False)
@@ -326,6 +335,9 @@ class Scheduler:
                     await self._unload(other)
                 file_size = os.path.getsize(wanted.model_path)
                 need = estimate_bytes(info, file_size, wanted)
+                if wanted.draft_path:  # its weights and a KV cache of the same shape of context
+                    draft_info = await self._gguf_at(wanted.draft_path)
+                    need += estimate_bytes(draft_info, os.path.getsize(wanted.draft_path), wanted)
                 await self._make_room(need, drained)
             finally:
                 for other in drained:  # left loaded only when this request gave up (cancelled, failed)

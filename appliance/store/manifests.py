@@ -34,6 +34,7 @@ MEDIA_CONFIG = "application/vnd.docker.container.image.v1+json"
 MEDIA_MODEL = "application/vnd.ollama.image.model"
 MEDIA_ADAPTER = "application/vnd.ollama.image.adapter"
 MEDIA_PROJECTOR = "application/vnd.ollama.image.projector"
+MEDIA_DRAFT = "application/vnd.ollama.image.draft"  # a draft model for speculative decoding
 MEDIA_TEMPLATE = "application/vnd.ollama.image.template"
 MEDIA_SYSTEM = "application/vnd.ollama.image.system"
 MEDIA_PARAMS = "application/vnd.ollama.image.params"

@@ -55,6 +55,7 @@ class Model:
     model_path: Path | None
     adapter_paths: tuple[Path, ...] = ()
     projector_paths: tuple[Path, ...] = ()
+    draft_path: Path | None = None  # a draft model for speculative decoding (Modelfile DRAFT)
     template: str | None = None
     system: str | None = None
     parameters: dict[str, Any] = field(default_factory=dict)
@@ -122,6 +123,7 @@ def load_model(blobs: BlobStore, manifests: ManifestStore, name: Name) -> Model:
         loaded = json.loads(blobs.read_bytes(messages_layer.digest, SMALL_LAYER_LIMIT) or b"[]")
         messages = [m for m in loaded if isinstance(m, dict)] if isinstance(loaded, list) else []
     model_layer = manifest.first(mf.MEDIA_MODEL)
+    draft_layer = manifest.first(mf.MEDIA_DRAFT)
     template = _text(blobs, manifest.first(mf.MEDIA_TEMPLATE) or manifest.first(mf.MEDIA_PROMPT))
     return Model(
         name=stored.name,
@@ -130,6 +132,7 @@ def load_model(blobs: BlobStore, manifests: ManifestStore, name: Name) -> Model:
         model_path=blobs.path(model_layer.digest) if model_layer else None,
         adapter_paths=tuple(blobs.path(layer.digest) for layer in manifest.all_of(mf.MEDIA_ADAPTER)),
         projector_paths=tuple(blobs.path(layer.digest) for layer in manifest.all_of(mf.MEDIA_PROJECTOR)),
+        draft_path=blobs.path(draft_layer.digest) if draft_layer else None,
         template=template,
         system=_text(blobs, manifest.first(mf.MEDIA_SYSTEM)),
         parameters=params,
