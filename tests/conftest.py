@@ -141,6 +141,14 @@ def make_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
 
 
 @pytest.fixture(scope="session")
+def tiny_projector_gguf(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A random-weight gemma3-type vision projector (mmproj) for SmolLM2-135M: 16 tokens per image."""
+    from tests.fixtures.tiny_projector import write_tiny_projector
+
+    return write_tiny_projector(tmp_path_factory.mktemp("projector") / "mmproj.gguf")
+
+
+@pytest.fixture(scope="session")
 def server(tmp_path_factory: pytest.TempPathFactory, smollm2_gguf: Path) -> Iterator[Server]:
     """One shared server with smollm2:135m imported (tests must not delete that model)."""
     srv = Server(tmp_path_factory.mktemp("shared"), OLLAMA_KEEP_ALIVE="10m").start()
