@@ -139,6 +139,26 @@ def _upload(client: Client, path: Path, status: StatusPrinter) -> dict[str, str]
     return out
 
 
+def _draft_fields(drafts: list[str], model_file: Path | None, base_dir: Path, client: Client,
+                  status: StatusPrinter) -> dict[str, Any]:
+    """``draft_files`` for a DRAFT naming a local GGUF (uploaded), ``draft`` for one naming a model."""
+    files: dict[str, str] = {}
+    names: list[str] = []
+    for draft in drafts:
+        local = _local_file(draft, base_dir)
+        if local is None:
+            if draft.startswith(("/", ".", "~")) or "\\" in draft:
+                raise SystemExit(f"Error: draft {draft!r} not found")
+            names.append(draft)
+            continue
+        if model_file is not None and local.resolve() == model_file.resolve():  # as upstream refuses it
+            raise SystemExit(f"Error: DRAFT must not reference the same local path as FROM: {draft}")
+        files.update(_upload(client, local, status))
+    if len(names) + bool(files) > 1:
+        raise SystemExit("Error: only one DRAFT model is supported")
+    return {"draft_files": files} if files else {"draft": names[0]} if names else {}
+
+
 def build_create_request(model: str, modelfile_path: Path, quantize: str | None, client: Client,
                          status: StatusPrinter) -> dict[str, Any]:
     """Turn a Modelfile into an /api/create body, uploading the local files it references."""
@@ -165,6 +185,7 @@ def build_create_request(model: str, modelfile_path: Path, quantize: str | None,
         adapters.update(_upload(client, local_adapter, status))
     if adapters:
         body["adapters"] = adapters
+    body.update(_draft_fields(fields.get("drafts") or [], local, base_dir, client, status))
     for key in ("template", "system", "parameters", "messages", "requires"):
         if fields.get(key):
             body[key] = fields[key]

@@ -25,7 +25,7 @@ from appliance import envconfig
 from appliance.engine import gpu
 from appliance.engine.process import LoadOptions, RunnerProcess
 from appliance.engine.speculative import MAX_DRAFT_TOKENS
-from appliance.errors import ApplianceError, RunnerError, ServerBusy
+from appliance.errors import ApplianceError, InvalidGGUF, RunnerError, ServerBusy
 from appliance.store.gguf import GGUFInfo, read_gguf
 from appliance.store.model import Model
 
@@ -336,7 +336,10 @@ class Scheduler:
                 file_size = os.path.getsize(wanted.model_path)
                 need = estimate_bytes(info, file_size, wanted)
                 if wanted.draft_path:  # its weights and a KV cache of the same shape of context
-                    draft_info = await self._gguf_at(wanted.draft_path)
+                    try:
+                        draft_info = await self._gguf_at(wanted.draft_path)
+                    except (OSError, InvalidGGUF) as exc:
+                        raise RunnerError(f"unable to load draft model {wanted.draft_path}: {exc}") from exc
                     need += estimate_bytes(draft_info, os.path.getsize(wanted.draft_path), wanted)
                 await self._make_room(need, drained)
             finally:

@@ -262,6 +262,11 @@ async def generate(gen: Generation, scheduler: Scheduler) -> AsyncIterator[Chunk
                     "eval_count": int(event.get("eval_count", 0)),
                     "eval_duration": int(event.get("eval_duration", 0)),
                 }
+                if "draft_count" in event:  # speculative decoding: how often the draft guessed right
+                    drafted, accepted = int(event["draft_count"]), int(event.get("draft_accepted", 0))
+                    log.debug("%s: draft acceptance %d/%d (%.1f%%) over %d tokens", gen.model.name.display,
+                              accepted, drafted, 100.0 * accepted / drafted if drafted else 0.0,
+                              final.metrics["eval_count"])
                 if gen.want_context:
                     async for result in loaded.runner.request(
                         {"op": "tokenize", "text": prompt + "".join(generated), "add_special": False}

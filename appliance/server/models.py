@@ -111,6 +111,7 @@ def _modelfile_of(model: Model) -> str:
         system=model.system,
         parameters=model.parameters,
         adapters=[str(p) for p in model.adapter_paths],
+        draft=str(model.draft_path) if model.draft_path else None,
         license=list(model.license),
         messages=list(model.messages),
         header_name=model.name.display,

@@ -57,6 +57,7 @@ class CreatePlan:
     messages: list[dict[str, Any]] = field(default_factory=list)
     quantize: str | None = None
     extra_config: dict[str, str] = field(default_factory=dict)
+    draft_info: GGUFInfo | None = None  # a new draft model's header (for the config's "draft" entry)
 
 
 def _valid_rel_path(path: str) -> bool:
@@ -105,6 +106,30 @@ def _gguf_layers(store: Store, files: dict[str, str], adapters: bool) -> tuple[l
     if adapters and len(layers) > 1:
         raise BadRequest("only one adapter is currently supported")
     return layers, main_info
+
+
+def _draft_layer(store: Store, req: Mapping[str, Any]) -> tuple[Layer, GGUFInfo] | None:
+    """The draft model the request names: an uploaded GGUF in ``draft_files`` (upstream's field), or
+    the weights of a stored model in ``draft`` (ours: ``DRAFT <model>`` in a Modelfile)."""
+    files = _file_map("draft_files", req.get("draft_files"))
+    from_model = _str_field(req, "draft")
+    if files and from_model:
+        raise BadRequest("give either 'draft' or 'draft_files', not both")
+    if files:
+        if len(files) > 1:
+            raise BadRequest("only one draft model GGUF is supported")
+        [layer], info = _gguf_layers(store, files, adapters=False)
+        if info is None:
+            raise BadRequest("the draft must be a language model GGUF, not a projector")
+        return Layer(mf.MEDIA_DRAFT, layer.digest, layer.size), info
+    if from_model:
+        stored = store.manifests.get(parse_name(from_model))
+        weights = stored.manifest.first(mf.MEDIA_MODEL)
+        if weights is None:
+            raise BadRequest(f"draft model '{from_model}' has no weights")
+        info = read_gguf(store.blobs.path(weights.digest), max_array=0)
+        return Layer(mf.MEDIA_DRAFT, weights.digest, weights.size, from_=stored.name.display), info
+    return None
 
 
 def _licenses(value: Any) -> list[str]:
@@ -180,6 +205,11 @@ def plan_create(store: Store, req: Mapping[str, Any]) -> CreatePlan:
         adapter_layers, _ = _gguf_layers(store, adapters, adapters=True)
         plan.base_layers = [layer for layer in plan.base_layers if layer.media_type != mf.MEDIA_ADAPTER]
         plan.base_layers += adapter_layers
+    draft = _draft_layer(store, req)
+    if draft is not None:  # replaces the base model's draft, if it had one
+        plan.base_layers = [layer for layer in plan.base_layers if layer.media_type != mf.MEDIA_DRAFT]
+        plan.base_layers.append(draft[0])
+        plan.draft_info = draft[1]
 
     template = _str_field(req, "template")
     if template is not None:
@@ -233,6 +263,11 @@ def _config_for(plan: CreatePlan) -> dict[str, Any]:
         value = plan.extra_config.get(key) or base.get(key)
         if value:
             config[key] = value
+    if plan.draft_info is not None:  # upstream's ConfigV2.Draft
+        config["draft"] = {"model_format": "gguf", "architecture": plan.draft_info.architecture}
+    elif isinstance(base.get("draft"), dict) and any(layer.media_type == mf.MEDIA_DRAFT
+                                                      for layer in plan.base_layers):
+        config["draft"] = base["draft"]
     config["architecture"] = "amd64"
     config["os"] = "linux"
     return config
