@@ -202,6 +202,12 @@ def _cmd_quantize_worker(argv: Sequence[str]) -> int:
     return quantize_main(list(argv))
 
 
+def _cmd_convert_safetensors(argv: Sequence[str]) -> int:
+    from appliance.store.convert.child import main as convert_main
+
+    return convert_main(list(argv))
+
+
 def _cmd_runner(argv: Sequence[str]) -> int:
     from appliance.engine.runner import main as runner_main
 
@@ -244,6 +250,7 @@ HANDLERS: dict[str, Callable[[Sequence[str]], int]] = {
     "rm": _cmd_rm,
     "help": _cmd_help,
     "quantize-worker": _cmd_quantize_worker,  # internal: run by the server in a child process
+    "convert-safetensors": _cmd_convert_safetensors,  # internal: the server converts an import in a child
     "runner": _cmd_runner,  # internal: one per loaded model, started by the scheduler
 }
 
