@@ -19,11 +19,13 @@ import pytest
 
 from appliance.store.convert import ConversionError
 from appliance.store.convert.child import convert_in_child, link_files
+from appliance.store.convert.importer import SafetensorsImport, is_safetensors_import
 from appliance.store.convert.llama import convert_safetensors
 from appliance.store.convert.safetensors import read_header
 from appliance.store.convert.tokenizer import parse_sentencepiece
 from appliance.store.create import self_command
 from appliance.store.gguf import GGUFInfo, read_gguf
+from appliance.store.local import Store
 from tests.fixtures.hf_safetensors import (
     dequantize_to_hf,
     header_bytes,
@@ -327,6 +329,30 @@ def test_the_child_reports_a_refusal_as_a_conversion_error(tmp_path: Path) -> No
     folder = write_tiny_hf_llama(tmp_path / "m", config={"architectures": ["GemmaForCausalLM"]})
     with pytest.raises(ConversionError, match="unsupported architecture 'GemmaForCausalLM'"):
         convert_in_child(self_command(), folder, tmp_path / "out.gguf", lambda _: None)
+
+
+def test_import_from_uploaded_blobs(tmp_path: Path) -> None:
+    store = Store(tmp_path / "models")
+    store.ensure_dirs()
+    folder = write_tiny_hf_llama(tmp_path / "upload")
+    files = {path.name: store.blobs.put_file(path)[0] for path in folder.iterdir()}
+    assert is_safetensors_import(files) and not is_safetensors_import({"model.gguf": "sha256:" + "0" * 64})
+    progress: list[dict[str, Any]] = []
+    with SafetensorsImport(store.blobs, files, self_command()) as job:
+        assert job.folder.parent == store.root
+        assert job.check() == []
+        layer, info, warnings = job.convert(progress.append)
+    assert not job.folder.exists()
+    assert layer.media_type == "application/vnd.ollama.image.model" and store.blobs.size(layer.digest) == layer.size
+    assert info.architecture == "llama" and info.metadata["general.file_type"] == 1 and warnings == []
+    assert progress[-1]["completed"] == progress[-1]["total"] > 0
+    assert [p.name for p in store.blobs.blobs_dir.iterdir() if p.name.startswith(".")] == []
+
+    bad = write_tiny_hf_llama(tmp_path / "bad", config={"architectures": ["Phi3ForCausalLM"]})
+    files = {path.name: store.blobs.put_file(path)[0] for path in bad.iterdir()}
+    with SafetensorsImport(store.blobs, files, self_command()) as job, \
+            pytest.raises(ConversionError, match="unsupported architecture 'Phi3ForCausalLM'"):
+        job.check()
 
 
 def test_link_files_refuses_a_missing_blob(tmp_path: Path) -> None:

@@ -5,6 +5,8 @@ large vocabulary), so the server never runs it in its own process.  The child wr
 per line on stdout: progress (``{"status": "converting model", "total": N, "completed": n}``),
 ``{"warning": "..."}``, and, when the model cannot be converted, ``{"error": "..."}`` before it exits
 with status 2.  Anything else (a crash, a full disk) is a non-zero status with the reason on stderr.
+``ollama convert-safetensors --check FOLDER`` reads and validates everything but the tensor data (a
+second or so), so that the server can refuse a model before it starts streaming the create.
 
 The server hands the child a folder of symlinks to the uploaded blobs, named as the client named the
 files (:func:`link_files`), as Ollama does.
@@ -32,11 +34,6 @@ MAX_LINE_BYTES = 64 << 10
 ERROR_EXIT = 2
 
 
-def is_safetensors_import(files: Mapping[str, str]) -> bool:
-    """Whether an /api/create ``files`` map is a safetensors folder rather than GGUF files."""
-    return any(name.endswith(".safetensors") for name in files)
-
-
 def link_files(folder: Path, files: Mapping[str, str], blob_path: Callable[[str], Path]) -> None:
     """Lay out ``files`` (relative name -> digest, names already validated as clean relative paths)
     in ``folder`` as symlinks to their blobs."""
@@ -51,8 +48,9 @@ def link_files(folder: Path, files: Mapping[str, str], blob_path: Callable[[str]
         link.symlink_to(target)
 
 
-def command(self_command: Sequence[str], folder: Path, out: Path) -> list[str]:
-    return [*self_command, "convert-safetensors", str(folder), str(out)]
+def check_in_child(self_command: Sequence[str], folder: Path) -> list[str]:
+    """Validate ``folder`` in a child process (blocking); raise as :func:`convert_in_child` does."""
+    return _run([*self_command, "convert-safetensors", "--check", str(folder)], lambda _: None, ())
 
 
 def convert_in_child(self_command: Sequence[str], folder: Path, out: Path, progress: Progress,
@@ -63,11 +61,15 @@ def convert_in_child(self_command: Sequence[str], folder: Path, out: Path, progr
     Raises ConversionError (400) with the child's reason when the model cannot be converted, and
     ApplianceError (500) when the child fails otherwise.
     """
+    return _run([*self_command, "convert-safetensors", str(folder), str(out)], progress, pass_fds)
+
+
+def _run(cmd: list[str], progress: Progress, pass_fds: Sequence[int]) -> list[str]:
     warnings: list[str] = []
     error: str | None = None
     # stderr goes to a file: a child that logs a lot must not block on a pipe nobody reads yet.
     with tempfile.TemporaryFile() as stderr_file, subprocess.Popen(
-            command(self_command, folder, out), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+            cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
             stderr=stderr_file, pass_fds=tuple(pass_fds)) as proc:
         stdout = proc.stdout
         assert stdout is not None
@@ -113,17 +115,21 @@ def _emit(message: dict[str, Any]) -> None:
 
 
 def main(argv: Sequence[str]) -> int:
-    """``ollama convert-safetensors FOLDER OUT``: the child side (see the module docstring)."""
+    """``ollama convert-safetensors [--check] FOLDER [OUT]``: the child side (see the module docstring)."""
+    check = argv[:1] == ["--check"]
     if len(argv) != 2:
-        sys.stderr.write("usage: ollama convert-safetensors FOLDER OUT.gguf\n")
+        sys.stderr.write("usage: ollama convert-safetensors FOLDER OUT.gguf | --check FOLDER\n")
         return 1
     from appliance.engine.quantize import _exit_with_parent
-    from appliance.store.convert.llama import convert_safetensors
+    from appliance.store.convert.llama import check_safetensors, convert_safetensors
 
     _exit_with_parent()
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
     try:
-        warnings = convert_safetensors(Path(argv[0]), Path(argv[1]), _emit)
+        if check:
+            warnings = check_safetensors(Path(argv[1])).vocab.warnings
+        else:
+            warnings = convert_safetensors(Path(argv[0]), Path(argv[1]), _emit)
     except ConversionError as exc:
         _emit({"error": str(exc)})
         return ERROR_EXIT

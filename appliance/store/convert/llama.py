@@ -32,7 +32,13 @@ from appliance.store.convert.safetensors import (
     row_blocks,
     to_float32,
 )
-from appliance.store.convert.tokenizer import MAX_CONFIG_BYTES, MAX_VOCAB, read_vocabulary, write_vocabulary
+from appliance.store.convert.tokenizer import (
+    MAX_CONFIG_BYTES,
+    MAX_VOCAB,
+    Vocabulary,
+    read_vocabulary,
+    write_vocabulary,
+)
 
 Progress = Callable[[dict[str, Any]], None]
 
@@ -245,8 +251,7 @@ def _order(plan: TensorPlan) -> tuple[int, int, str]:
 
 
 def _llama3_rope_factors(p: LlamaParams) -> np.ndarray[Any, np.dtype[np.float32]] | None:
-    kind = p.rope_scaling.get("rope_type", p.rope_scaling.get("type"))
-    if str(kind).lower() != "llama3":
+    if _rope_kind(p) != "llama3":
         return None
     base = p.rope_theta or 10000.0
     factor = float(p.rope_scaling.get("factor", 8.0))
@@ -261,6 +266,15 @@ def _llama3_rope_factors(p: LlamaParams) -> np.ndarray[Any, np.dtype[np.float32]
     factors = np.where(wavelen < old_ctx / high, 1.0,
                        np.where(wavelen > old_ctx / low, factor, 1 / ((1 - smooth) / factor + smooth)))
     return factors.astype(np.float32)
+
+
+def _rope_kind(p: LlamaParams) -> str:
+    return str(p.rope_scaling.get("rope_type", p.rope_scaling.get("type")) or "default").lower()
+
+
+def _check_rope_scaling(p: LlamaParams) -> None:
+    if _rope_kind(p) not in ("default", "linear", "yarn", "llama3"):
+        raise ConversionError(f"{p.architecture}: RoPE scaling {_rope_kind(p)[:40]!r} is not supported")
 
 
 def _write_params(writer: gguf.GGUFWriter, p: LlamaParams, n_vocab: int) -> None:
@@ -282,7 +296,7 @@ def _write_params(writer: gguf.GGUFWriter, p: LlamaParams, n_vocab: int) -> None
         writer.add_value_length(p.head_dim)
     if p.rope_theta is not None:
         writer.add_rope_freq_base(p.rope_theta)
-    kind = str(p.rope_scaling.get("rope_type", p.rope_scaling.get("type")) or "default").lower()
+    kind = _rope_kind(p)
     factor = p.rope_scaling.get("factor")
     if kind == "linear" and isinstance(factor, int | float):
         writer.add_rope_scaling_type(gguf.RopeScalingType.LINEAR)
@@ -293,8 +307,6 @@ def _write_params(writer: gguf.GGUFWriter, p: LlamaParams, n_vocab: int) -> None
         orig = p.rope_scaling.get("original_max_position_embeddings")
         if type(orig) is int and orig > 0:
             writer.add_rope_scaling_orig_ctx_len(orig)
-    elif kind not in ("default", "llama3"):
-        raise ConversionError(f"{p.architecture}: RoPE scaling {kind[:40]!r} is not supported")
     writer.add_file_type(gguf.LlamaFileType.MOSTLY_F16)
     writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
 
@@ -327,6 +339,28 @@ def _tensor_values(data: TensorData, plan: TensorPlan) -> tuple[np.ndarray[Any, 
     return out.reshape(plan.shape), clamped
 
 
+@dataclass
+class Conversion:
+    """A checked model folder: everything but the tensor data is read and validated."""
+
+    params: LlamaParams
+    plans: list[TensorPlan]
+    n_vocab: int
+    vocab: Vocabulary
+
+
+def check_safetensors(folder: Path) -> Conversion:
+    """Read and validate the folder's config, safetensors headers and tokenizer (no tensor data);
+    raise ConversionError naming what is unsupported or malformed."""
+    config_path = folder / "config.json"
+    if not config_path.is_file():
+        raise ConversionError("config.json is missing from the model folder")
+    params = read_params(read_json(config_path, MAX_CONFIG_BYTES))
+    plans, n_vocab = plan_tensors(params, read_tensors(folder))
+    _check_rope_scaling(params)
+    return Conversion(params, plans, n_vocab, read_vocabulary(folder, n_vocab))
+
+
 def convert_safetensors(folder: Path, out: Path, progress: Progress | None = None) -> list[str]:
     """Convert the llama-family checkpoint in ``folder`` to the GGUF file ``out``.
 
@@ -334,16 +368,12 @@ def convert_safetensors(folder: Path, out: Path, progress: Progress | None = Non
     (an unknown pre-tokenizer, values clamped to F16).
     """
     report: Progress = progress or (lambda _: None)
-    config_path = folder / "config.json"
-    if not config_path.is_file():
-        raise ConversionError("config.json is missing from the model folder")
-    params = read_params(read_json(config_path, MAX_CONFIG_BYTES))
-    plans, n_vocab = plan_tensors(params, read_tensors(folder))
-    vocab = read_vocabulary(folder, n_vocab)
+    checked = check_safetensors(folder)
+    params, plans, n_vocab, vocab = checked.params, checked.plans, checked.n_vocab, checked.vocab
     warnings = list(vocab.warnings)
     writer = gguf.GGUFWriter(out, "llama")
     _write_params(writer, params, n_vocab)
-    write_vocabulary(writer, folder, vocab)
+    write_vocabulary(writer, vocab)
     for plan in plans:
         writer.add_tensor_info(plan.gguf_name, plan.shape, np.dtype(plan.out_dtype), plan.nbytes)
     total = sum(plan.nbytes for plan in plans)

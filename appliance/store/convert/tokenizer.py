@@ -63,6 +63,7 @@ class Vocabulary:
     scores: list[float] | None = None
     add_space_prefix: bool | None = None
     warnings: list[str] = field(default_factory=list)
+    special: gguf.SpecialVocab | None = None
 
 
 def read_vocabulary(folder: Path, n_vocab: int) -> Vocabulary:
@@ -77,6 +78,7 @@ def read_vocabulary(folder: Path, n_vocab: int) -> Vocabulary:
     prefix = tokenizer_config.get("add_prefix_space")
     if isinstance(prefix, bool):
         vocab.add_space_prefix = prefix
+    vocab.special = _special_vocabulary(folder, vocab)
     return vocab
 
 
@@ -84,7 +86,7 @@ def _optional_json(path: Path) -> dict[str, Any]:
     return read_json(path, MAX_CONFIG_BYTES) if path.is_file() else {}
 
 
-def write_vocabulary(writer: gguf.GGUFWriter, folder: Path, vocab: Vocabulary) -> None:
+def write_vocabulary(writer: gguf.GGUFWriter, vocab: Vocabulary) -> None:
     """Tokens, types, scores, merges, special ids, add_* flags and the chat template."""
     writer.add_tokenizer_model(vocab.model)
     writer.add_tokenizer_pre(vocab.pre)
@@ -94,6 +96,12 @@ def write_vocabulary(writer: gguf.GGUFWriter, folder: Path, vocab: Vocabulary) -
     writer.add_token_types(vocab.types)
     if vocab.add_space_prefix is not None:
         writer.add_add_space_prefix(vocab.add_space_prefix)
+    if vocab.special is not None:
+        vocab.special.add_to_gguf(writer, quiet=True)
+
+
+def _special_vocabulary(folder: Path, vocab: Vocabulary) -> gguf.SpecialVocab:
+    """Merges, special token ids, add_* flags and the chat template, read by gguf's SpecialVocab."""
     for name, limit in SPECIAL_VOCAB_FILES.items():
         path = folder / name
         if path.is_file() and path.stat().st_size > limit:
@@ -109,7 +117,7 @@ def write_vocabulary(writer: gguf.GGUFWriter, folder: Path, vocab: Vocabulary) -
                    and isinstance(t.get("template"), str) for t in special.chat_template):
             raise ConversionError("tokenizer_config.json: chat_template must be a string or a list of "
                                   "{name, template} objects")
-    special.add_to_gguf(writer, quiet=True)
+    return special
 
 
 # -- byte-level BPE (tokenizer.json) ---------------------------------------------------------------
