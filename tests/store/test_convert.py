@@ -20,13 +20,14 @@ import pytest
 from appliance.store.convert import ConversionError
 from appliance.store.convert.child import convert_in_child, link_files
 from appliance.store.convert.importer import SafetensorsImport, is_safetensors_import
-from appliance.store.convert.llama import convert_safetensors
+from appliance.store.convert.llama import check_safetensors, convert_safetensors
 from appliance.store.convert.safetensors import read_header
 from appliance.store.convert.tokenizer import parse_sentencepiece
 from appliance.store.create import self_command
 from appliance.store.gguf import GGUFInfo, read_gguf
 from appliance.store.local import Store
 from tests.fixtures.hf_safetensors import (
+    byte_level_tokenizer,
     dequantize_to_hf,
     header_bytes,
     sentencepiece_model,
@@ -214,6 +215,47 @@ def test_attention_biases_are_permuted_like_their_weights(tmp_path: Path) -> Non
         assert len(list(zip(range(2), llm.generate([1, 2, 3], top_k=1), strict=False))) == 2
     finally:
         llm.close()
+
+
+def test_mistral_with_a_wider_head_than_hidden_over_heads(tmp_path: Path) -> None:
+    import llama_cpp
+
+    config = {"architectures": ["MistralForCausalLM"], "model_type": "mistral", "head_dim": 8,
+              "sliding_window": None}
+    folder = write_tiny_hf_llama(tmp_path / "m", config=config, dtype="F32")
+    out = tmp_path / "m.gguf"
+    convert_safetensors(folder, out)
+    meta = read_gguf(out).metadata
+    assert meta["general.architecture"] == "llama"
+    assert meta["llama.attention.key_length"] == meta["llama.attention.value_length"] == 8
+    assert meta["llama.rope.dimension_count"] == 8
+    llm = llama_cpp.Llama(model_path=str(out), n_ctx=32, n_threads=1, verbose=False)
+    try:
+        assert len(list(zip(range(2), llm.generate([1, 2, 3], top_k=1), strict=False))) == 2
+    finally:
+        llm.close()
+
+
+LLAMA3_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|"
+                r"\s*[\r\n]+|\s+(?!\S)|\s+")
+
+
+@pytest.mark.parametrize(("pre_tokenizer", "expected"), [
+    ({"type": "Sequence", "pretokenizers": [
+        {"type": "Split", "pattern": {"Regex": LLAMA3_SPLIT}, "behavior": "Isolated", "invert": False},
+        {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": False}]},
+     "llama-bpe"),
+    ({"type": "ByteLevel", "add_prefix_space": False, "use_regex": True}, "gpt-2"),
+    ({"type": "Sequence", "pretokenizers": [{"type": "Digits", "individual_digits": True},
+                                            {"type": "ByteLevel", "use_regex": True}]}, "smollm"),
+    ({"type": "Sequence", "pretokenizers": [{"type": "Split", "pattern": {"Regex": "x+"}},
+                                            {"type": "ByteLevel", "use_regex": False}]}, "default"),
+])
+def test_pre_tokenizer_is_recognised(tmp_path: Path, pre_tokenizer: dict[str, Any], expected: str) -> None:
+    tokenizer = {**byte_level_tokenizer(), "pre_tokenizer": pre_tokenizer}
+    checked = check_safetensors(write_tiny_hf_llama(tmp_path / "m", tokenizer=tokenizer))
+    assert checked.vocab.pre == expected
+    assert bool(checked.vocab.warnings) == (expected == "default")
 
 
 # -- hostile and unsupported input ------------------------------------------------------------------
