@@ -25,6 +25,7 @@ import numpy as np
 
 from appliance.store.convert import ConversionError
 from appliance.store.convert.safetensors import (
+    DTYPES,
     TensorData,
     TensorEntry,
     read_json,
@@ -317,6 +318,8 @@ def _tensor_values(data: TensorData, plan: TensorPlan) -> tuple[np.ndarray[Any, 
         return plan.values, 0
     assert plan.entry is not None
     source = data.array(plan.entry)
+    if not plan.permute_heads and np.dtype(plan.out_dtype) == DTYPES[plan.entry.dtype]:
+        return source.reshape(plan.shape), 0  # written straight from the file's pages
     rows = source.reshape(source.shape[0], -1) if source.ndim > 1 else source.reshape(-1, 1)
     order = None
     if plan.permute_heads:
@@ -326,7 +329,7 @@ def _tensor_values(data: TensorData, plan: TensorPlan) -> tuple[np.ndarray[Any, 
     clamped = 0
     for start, stop in row_blocks(rows.shape[0], rows.shape[1] * 4):
         block = rows[order[start:stop]] if order is not None else rows[start:stop]
-        if plan.out_dtype is np.float16 and plan.entry.dtype == "F16":
+        if np.dtype(plan.out_dtype) == DTYPES[plan.entry.dtype]:
             out[start:stop] = block
             continue
         values = to_float32(block, plan.entry.dtype)
