@@ -31,6 +31,7 @@ from tests.fixtures.hf_safetensors import (
     dequantize_to_hf,
     header_bytes,
     sentencepiece_model,
+    tiny_tensors,
     write_safetensors,
     write_tiny_hf_llama,
 )
@@ -234,6 +235,17 @@ def test_mistral_with_a_wider_head_than_hidden_over_heads(tmp_path: Path) -> Non
         assert len(list(zip(range(2), llm.generate([1, 2, 3], top_k=1), strict=False))) == 2
     finally:
         llm.close()
+
+
+def test_values_beyond_f16_are_clamped_and_reported(tmp_path: Path) -> None:
+    folder = write_tiny_hf_llama(tmp_path / "m", dtype="F32")
+    tensors = tiny_tensors(259, dtype="F32")
+    tensors["model.layers.0.mlp.up_proj.weight"][1][0, :2] = [1e6, -np.inf]
+    write_safetensors(folder / "model.safetensors", tensors)
+    out = tmp_path / "m.gguf"
+    assert convert_safetensors(folder, out) == ["2 weights beyond F16's range were clamped to ±65504"]
+    up = np.frombuffer(_tensor_bytes(out, read_gguf(out))["blk.0.ffn_up.weight"], np.float16)
+    assert up[:2].tolist() == [65504, -65504]
 
 
 LLAMA3_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|"
