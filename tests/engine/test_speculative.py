@@ -3,6 +3,7 @@ speed, every guess of such a draft is accepted, and a draft that cannot serve th
 
 from __future__ import annotations
 
+from contextlib import aclosing
 from pathlib import Path
 from typing import Any
 
@@ -156,6 +157,24 @@ async def test_a_context_shift_keeps_output_unchanged_with_a_draft(store: Store)
         got, done = await _complete(sched, drafted, PROMPTS[2], options)
         assert want_done["eval_count"] == 100 and want_done["prompt_eval_count"] + 100 > 64
         assert got == want and done["eval_count"] == 100 and done["draft_count"] > 0
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_small_batch_and_a_cancelled_reply_with_a_draft(store: Store) -> None:
+    sched = _scheduler()
+    plain, drafted = _model(store, "smol"), _model(store, "smol-draft")
+    # An 8-token batch: the prompt reaches the draft in chunks over several steps, guesses stay below it.
+    options = {"temperature": 0, "num_predict": 24, "num_batch": 8}
+    async with trio.open_nursery() as nursery:
+        await nursery.start(sched.run)
+        want, _ = await _complete(sched, plain, PROMPTS[1], options)
+        async with sched.use(drafted, options, None) as loaded:
+            request = {"op": "completion", "prompt": PROMPTS[0], "options": {**options, "num_predict": 500}}
+            async with aclosing(loaded.runner.request(request)) as events:
+                async for _event in events:
+                    break  # the client goes away after its first token: the runner is told to cancel
+        got, done = await _complete(sched, drafted, PROMPTS[1], options)
+        assert got == want and done["draft_accepted"] == done["draft_count"] > 0
         nursery.cancel_scope.cancel()
 
 
