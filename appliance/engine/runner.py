@@ -467,12 +467,14 @@ class Runner:
         or the slot's context, so every one of them can be checked."""
         assert self.draft is not None
         wants = []
+        spare = self.n_batch - len(generating)  # the batch holds every generating slot's own token first
         for slot in generating:
             if slot.grammar is not None or slot.last_token is None:
                 continue
             room = self.n_ctx_slot - 2 - len(slot.cached)
-            k = min(self.draft_max, room, self._predict_limit(slot) - slot.n_predicted - 1)
+            k = min(self.draft_max, room, self._predict_limit(slot) - slot.n_predicted - 1, spare)
             if k > 0:
+                spare -= k
                 wants.append((slot.seq_id, slot.cached, slot.last_token, k))
         return self.draft.propose(wants) if wants else {}
 

@@ -101,10 +101,12 @@ async def test_greedy_output_with_the_model_as_its_own_draft_is_unchanged(store:
         nursery.cancel_scope.cancel()
 
 
-async def test_parallel_requests_with_a_draft_match_serial_ones_without(store: Store) -> None:
+# With a 4-token batch, two generating slots leave room for two guesses in all: the draft shares it out.
+@pytest.mark.parametrize("num_batch", [512, 4])
+async def test_parallel_requests_with_a_draft_match_serial_ones_without(store: Store, num_batch: int) -> None:
     sched = _scheduler(OLLAMA_NUM_PARALLEL="2")
     plain, drafted = _model(store, "smol"), _model(store, "smol-draft")
-    options = {"temperature": 0, "num_predict": 40}
+    options = {"temperature": 0, "num_predict": 40, "num_batch": num_batch}
     async with trio.open_nursery() as nursery:
         await nursery.start(sched.run)
         want = [(await _complete(sched, plain, p, options))[0] for p in PROMPTS[:2]]
