@@ -122,12 +122,20 @@ def _local_file(value: str, base_dir: Path) -> Path | None:
 
 
 def _upload(client: Client, path: Path, status: StatusPrinter) -> dict[str, str]:
-    """Hash and upload a local GGUF (or every GGUF in a folder); return {file name: digest}."""
+    """Hash and upload a local GGUF, every GGUF in a folder, or a safetensors model folder (its weights,
+    JSON files, tokenizer.model and chat templates, as upstream's client sends them); return
+    {file name: digest}."""
     from appliance.store.blobs import digest_of_file
 
-    files = sorted(path.glob("*.gguf")) if path.is_dir() else [path]
+    if not path.is_dir():
+        files = [path]
+    elif any(path.glob("*.safetensors")):
+        files = sorted(f for pattern in ("*.safetensors", "*.json", "tokenizer.model", "*.jinja")
+                       for f in path.glob(pattern) if f.is_file())
+    else:
+        files = sorted(path.glob("*.gguf"))
     if not files:
-        raise SystemExit(f"Error: no GGUF files found in {path}")
+        raise SystemExit(f"Error: no GGUF or safetensors files found in {path}")
     out: dict[str, str] = {}
     for file in files:
         digest, _size = digest_of_file(file)

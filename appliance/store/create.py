@@ -24,6 +24,7 @@ from appliance.api.options import validate_options
 from appliance.errors import ApplianceError, BadRequest, BlobNotFound, InsufficientStorage, InvalidGGUF
 from appliance.store import manifests as mf
 from appliance.store.blobs import DISK_FULL_MESSAGE
+from appliance.store.convert.importer import SafetensorsImport, is_safetensors_import
 from appliance.store.gguf import GGUFInfo, parameter_size_label, read_gguf
 from appliance.store.local import Store
 from appliance.store.manifests import Layer, Manifest
@@ -58,6 +59,7 @@ class CreatePlan:
     quantize: str | None = None
     extra_config: dict[str, str] = field(default_factory=dict)
     draft_info: GGUFInfo | None = None  # a new draft model's header (for the config's "draft" entry)
+    safetensors: dict[str, str] | None = None  # a safetensors folder's files, converted by run_create
 
 
 def _valid_rel_path(path: str) -> bool:
@@ -88,9 +90,12 @@ def _gguf_layers(store: Store, files: dict[str, str], adapters: bool) -> tuple[l
         try:
             info = read_gguf(path, max_array=0)
         except InvalidGGUF as exc:
-            if not filename.endswith(".gguf") and filename.endswith((".safetensors", ".json", ".bin")):
-                raise BadRequest("only GGUF files are supported; convert safetensors with llama.cpp's "
-                                 "convert_hf_to_gguf.py first") from exc
+            if adapters and filename.endswith((".safetensors", ".json", ".bin")):
+                raise BadRequest("only GGUF adapters are supported; convert a safetensors adapter with "
+                                 "llama.cpp's convert_lora_to_gguf.py first") from exc
+            if filename.endswith(".bin"):
+                raise BadRequest("pytorch .bin checkpoints are not supported; import the model's "
+                                 "safetensors or a GGUF") from exc
             raise InvalidGGUF(f"{filename}: {exc}") from exc
         if adapters:
             media_type = mf.MEDIA_ADAPTER
@@ -197,6 +202,12 @@ def plan_create(store: Store, req: Mapping[str, Any]) -> CreatePlan:
 
             loaded = json.loads(store.blobs.read_bytes(params_layer.digest, 16 << 20))
             plan.parameters = loaded if isinstance(loaded, dict) else {}
+    elif files and is_safetensors_import(files):
+        # Checked now (config, headers, tokenizer: a 400 before streaming), converted by run_create.
+        with SafetensorsImport(store.blobs, files, self_command()) as job:
+            for warning in job.check():
+                log.warning("importing %s: %s", plan.name.display, warning)
+        plan.safetensors = dict(files)
     elif files:
         plan.base_layers, plan.model_info = _gguf_layers(store, files, adapters=False)
     else:
@@ -237,7 +248,9 @@ def plan_create(store: Store, req: Mapping[str, Any]) -> CreatePlan:
         if plan.quantize not in QUANT_TYPES:
             raise BadRequest(f"unsupported quantization type {quantize}; use one of q4_K_M, q4_K_S, q8_0")
         source = plan.model_info.file_type if plan.model_info else ""
-        if plan.model_info is None:
+        if plan.safetensors is not None:
+            source = "F16"  # what the conversion writes
+        elif plan.model_info is None:
             raise BadRequest("nothing to quantize: the model has no weights")
         if source != plan.quantize and source not in QUANTIZABLE_SOURCES:
             raise BadRequest("quantization is only supported for F16, BF16 and F32 models")
@@ -337,6 +350,14 @@ def run_create(store: Store, plan: CreatePlan, progress: Progress, *, prune: boo
     Replacing a model removes the blobs only its old manifest used, unless ``prune`` is off
     (OLLAMA_NOPRUNE), as in Ollama.
     """
+    if plan.safetensors is not None:
+        progress({"status": "converting model"})
+        with SafetensorsImport(store.blobs, plan.safetensors, self_command()) as job:
+            layer, plan.model_info, warnings = job.convert(progress)
+        for warning in warnings:
+            log.warning("converting %s: %s", plan.name.display, warning)
+        plan.base_layers.insert(0, layer)
+        plan.safetensors = None
     progress({"status": "reading model metadata" if plan.from_name else "parsing GGUF"})
     quantized: dict[str, Layer] = {}
     if plan.quantize:

@@ -110,10 +110,26 @@ class Store:
             for digest in digests - self.referenced_digests():
                 self.blobs.remove(digest)
 
+    def _remove_stale_link_folders(self, grace_s: float) -> None:
+        """Folders of links a safetensors import left behind when its server was killed."""
+        import shutil
+        import time
+
+        from appliance.store.convert.importer import LINK_DIR_PREFIX
+
+        for folder in self.blobs.models_dir.glob(LINK_DIR_PREFIX + "*"):
+            try:
+                stale = time.time() - folder.stat().st_mtime > grace_s
+                if stale and folder.is_dir() and not folder.is_symlink():
+                    shutil.rmtree(folder, ignore_errors=True)
+            except OSError:
+                pass
+
     def prune(self, grace_s: float = 3600.0) -> builtins.list[str]:
         """Remove blobs no manifest references (older than ``grace_s``) and stale temp files."""
         with self.lock:
             self.manifests.remove_stale_temps()
+            self._remove_stale_link_folders(grace_s)
             removed = self.blobs.prune(self.referenced_digests(), grace_s=grace_s)
         if removed:
             log.info("pruned %d unused blob(s)", len(removed))

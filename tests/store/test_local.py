@@ -139,3 +139,17 @@ def test_the_same_race_across_two_processes(store):
     assert other.returncode == 0, err
     assert int(out) > 0
     assert failures == []
+
+
+def test_prune_removes_link_folders_a_killed_import_left_behind(tmp_path: Path) -> None:
+    import os
+
+    store = Store(tmp_path)
+    stale, fresh = tmp_path / ".convert-old", tmp_path / ".convert-new"
+    for folder in (stale, fresh):
+        folder.mkdir()
+        (folder / "config.json").symlink_to(tmp_path / "missing-blob")
+    os.utime(stale, (time.time() - 7200, time.time() - 7200))
+    store.prune()
+    assert not stale.exists()
+    assert fresh.exists()  # an import may be running right now
