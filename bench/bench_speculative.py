@@ -3,6 +3,8 @@
 The runner process is driven directly (the JSON-lines protocol the server speaks to it), so the figures
 are the engine's: one slot, greedy, the same prompts, rounds interleaved (no draft, draft, no draft, ...)
 so that a busy neighbour hurts both alike.  Decode tok/s is eval_count / eval_duration of each reply.
+Then, in this process, the median time of each kind of llama_decode a drafting step makes (the draft's
+one-token guesses, its catch-up, the target's check of 1 + k tokens): what the ratio is made of.
 
     python bench/bench_speculative.py [--draft PATH] [--draft-max 4] [--tokens 128] [--rounds 3]
 
@@ -20,6 +22,7 @@ import os
 import statistics
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -78,6 +81,44 @@ class Runner:
         self.proc.wait(timeout=30)
 
 
+def decode_costs(model: str, draft: str, draft_max: int, tokens: int) -> None:
+    """Median milliseconds per llama_decode of a drafting runner, by context and batch size."""
+    from collections import defaultdict
+
+    from appliance.engine import runner as runner_module
+
+    args = runner_module.parse_args(["--model", model, "--draft", draft, "--draft-max", str(draft_max),
+                                     "--ctx", "2048", "--threads", str(_physical_cores())])
+    with open(os.devnull, "wb") as sink:
+        runner = runner_module.Runner(args, sink)
+        assert runner.draft is not None
+        draft_ctx = runner.draft.ctx
+        times: dict[tuple[str, int], list[float]] = defaultdict(list)
+        decode = runner.llama.llama_decode
+
+        def timed(ctx: Any, batch: Any) -> int:
+            t0 = time.perf_counter()
+            rc = int(decode(ctx, batch))
+            who = "draft" if ctx == draft_ctx else "target"
+            times[who, batch.n_tokens].append(time.perf_counter() - t0)
+            return rc
+
+        runner.llama.llama_decode = timed
+        try:
+            for i, prompt in enumerate(PROMPTS):
+                runner.start_completion({"id": i, "prompt": CHATML.format(prompt),
+                                         "options": {"temperature": 0, "num_predict": tokens}})
+                while any(slot.busy for slot in runner.slots):
+                    runner.step()
+        finally:
+            runner.llama.llama_decode = decode
+            runner.close()
+    for (who, n), values in sorted(times.items()):
+        if len(values) >= 5:  # prompts and rare shapes left out
+            print(f"  {who:>6} decode of {n:2d} token(s): {statistics.median(values) * 1e3:5.1f} ms "
+                  f"(median of {len(values)})")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -121,6 +162,8 @@ def main() -> int:
     ratio = statistics.median(speeds["draft"]) / statistics.median(speeds["no draft"])
     print(f"ratio draft / no draft: {ratio:.2f}x; acceptance {accepted}/{drafted} "
           f"({100 * accepted / max(drafted, 1):.1f}%); load {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+    print("what a drafting step costs:")
+    decode_costs(args.model, draft, args.draft_max, args.tokens)
     return 0
 
 
