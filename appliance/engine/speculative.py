@@ -118,6 +118,7 @@ class Draft:
         del cached[n_keep:]
 
     def reset(self, seq_id: int) -> None:
+        """Forget all of ``seq_id`` (its slot's cache was cleared)."""
         self.truncate(seq_id, 0)
 
     def shift(self, seq_id: int, keep: int, discard: int) -> None:
@@ -131,6 +132,7 @@ class Draft:
         del cached[keep : keep + discard]
 
     def set_threads(self, threads: int) -> None:
+        """Decode with as many threads as the target (see threads.py)."""
         self.llama.llama_set_n_threads(self.ctx, threads, threads)
 
     # -- proposing ------------------------------------------------------------------------------
@@ -195,6 +197,7 @@ class Draft:
         b.logits[i] = logits
 
     def close(self) -> None:
+        """Free the draft's sampler, batch, context and model (also after a failed load)."""
         llama = self.llama
         if self.greedy is not None:
             llama.llama_sampler_free(self.greedy)

@@ -12,7 +12,7 @@ import trio
 
 from appliance import envconfig
 from appliance.engine.scheduler import Scheduler
-from appliance.engine.speculative import MAX_DRAFT_TOKENS
+from appliance.engine.speculative import MAX_DRAFT_TOKENS, vocab_mismatch
 from appliance.errors import RunnerError
 from appliance.store import create as creating
 from appliance.store.local import Store
@@ -37,6 +37,38 @@ def store(tmp_path: Path, smollm2_gguf: Path, gemma3_gguf: Path) -> Store:
     _create(st, {"model": "smol-draft", "from": "smol", "draft_files": {"draft.gguf": smol}})
     _create(st, {"model": "smol-gemma-draft", "from": "smol", "draft_files": {"draft.gguf": gemma}})
     return st
+
+
+class _FakeVocabs:
+    """The llama_vocab_* calls vocab_mismatch makes, on dicts standing for vocabularies."""
+
+    def __getattr__(self, name: str) -> Any:
+        field = name.removeprefix("llama_vocab_").removeprefix("get_")
+        if field == "text":
+            return lambda vocab, i: vocab["tokens"][i]
+        if field == "n_tokens":
+            return lambda vocab: len(vocab["tokens"])
+        return lambda vocab: vocab[field]
+
+
+def _vocab(**changes: Any) -> dict[str, Any]:
+    return {"type": 2, "add_bos": False, "bos": 1, "add_eos": False, "eos": 2,
+            "tokens": [f"t{i}".encode() for i in range(300)], **changes}
+
+
+@pytest.mark.parametrize(("draft", "reason"), [
+    (_vocab(), None),
+    (_vocab(bos=7, eos=8), None),  # ids that are never added do not matter (llama.cpp's rule)
+    (_vocab(tokens=[b"x"] * 5 + [f"t{i}".encode() for i in range(5, 420)]), None),  # +120, ids < 5 differ
+    (_vocab(type=1), "vocabulary type differs (target 2, draft 1)"),
+    (_vocab(add_bos=True), "BOS token differs"),
+    (_vocab(add_eos=True), "EOS token differs"),
+    (_vocab(tokens=[f"t{i}".encode() for i in range(429)]), "vocabulary size differs (target 300 tokens, draft 429)"),
+    (_vocab(tokens=[f"t{i}".encode() for i in range(299)] + [b"other"]), "token 299 differs"),
+])
+def test_vocabulary_compatibility_follows_llama_cpp(draft: dict[str, Any], reason: str | None) -> None:
+    found = vocab_mismatch(_FakeVocabs(), _vocab(), draft)
+    assert found == reason if reason is None else found is not None and found.startswith(reason)
 
 
 def _model(store: Store, name: str) -> Model:
