@@ -133,6 +133,7 @@ class Runner:
         self.embed_ctx: Any = None
         self.threads = threads
         self.decode_threads = DecodeThreads(threads, log=_debug, idle_cores=IdleCores())
+        self.n_threads_now = threads
         self.load_duration_ns = int((time.perf_counter() - t0) * 1e9)
         self._piece_buf = ctypes.create_string_buffer(256)
         self.can_shift = bool(llama.llama_memory_can_shift(self.mem))
@@ -425,14 +426,11 @@ class Runner:
             self.send_many(events)
             return
         batch.n_tokens = n
+        self._set_threads(self.decode_threads.for_step(n))
         t0 = time.perf_counter()
         rc = llama.llama_decode(self.ctx, batch)
         if rc == 0:
-            threads = self.decode_threads.observe(time.perf_counter() - t0, n)
-            if threads is not None:
-                llama.llama_set_n_threads(self.ctx, threads, threads)
-                if self.draft is not None:
-                    self.draft.set_threads(threads)
+            self.decode_threads.observe(time.perf_counter() - t0, n)
         else:
             for slot in participants:
                 events.append(
@@ -458,6 +456,13 @@ class Runner:
                 token = llama.llama_sampler_sample(slot.sampler, self.ctx, idx)
             self._emit(slot, token, events)
         self.send_many(events)
+
+    def _set_threads(self, threads: int) -> None:
+        if threads != self.n_threads_now:
+            self.llama.llama_set_n_threads(self.ctx, threads, threads)
+            if self.draft is not None:
+                self.draft.set_threads(threads)
+            self.n_threads_now = threads
 
     def _draft(self, generating: list[Slot]) -> dict[int, list[int]]:
         """The draft's guesses for the generating slots that may use them (see speculative.py).
@@ -689,6 +694,8 @@ class Runner:
             # Queued completions count as work: a slot freed by a cancel must pick them up
             # before the loop blocks waiting for new commands.
             active = any(s.busy for s in self.slots) or bool(self.waiting)
+            if not active:
+                self.decode_threads.idle()  # a thread-count trial never spans idle time
             try:
                 cmd = self.commands.get(block=not active)
             except queue.Empty:

@@ -119,10 +119,22 @@ class DecodeThreads:
     def statistics(self) -> ThreadStatistics:
         return ThreadStatistics(self.threads, self.max_threads, self._adaptations, self._trials)
 
-    def observe(self, seconds: float, n_tokens: int) -> int | None:
-        """Record one decode step of ``n_tokens`` tokens that took ``seconds`` at the current count.
+    def for_step(self, n_tokens: int) -> int:
+        """The thread count to run a step of ``n_tokens`` tokens with.
 
-        Returns the thread count to use from the next step on when it changes, else None."""
+        A trial runs only steps of its own batch-size bucket at the trial's count: a prompt arriving
+        during a trial begun on single-token steps runs at the settled count, so a probe never
+        lands on a request's time to first token (it cost ~85 ms a request at 1 client)."""
+        trial = self._trial
+        if trial is not None and n_tokens.bit_length() != trial.bucket:
+            return trial.home
+        return self.threads
+
+    def observe(self, seconds: float, n_tokens: int) -> int | None:
+        """Record one decode step of ``n_tokens`` tokens that took ``seconds``, run at
+        ``for_step(n_tokens)`` threads.
+
+        Returns the thread count of the next steps when it changes, else None."""
         if self.max_threads == 1 or n_tokens <= 0:
             return None
         now = self._clock()
@@ -134,6 +146,16 @@ class DecodeThreads:
         else:
             self._steady_step(now, per_token, bucket)
         return self.threads if self.threads != before else None
+
+    def idle(self) -> None:
+        """The runner has nothing to decode: a trial in progress is called off without a verdict (its
+        remaining steps would measure another request, after a pause), and probing starts over."""
+        trial = self._trial
+        if trial is None:
+            return
+        self._trial = None
+        self.threads = trial.home
+        self._next_probe = self._clock() + self._interval
 
     # -- steady state ---------------------------------------------------------------------------
 
@@ -184,7 +206,9 @@ class DecodeThreads:
         trial = self._trial
         assert trial is not None
         trial.steps += 1
-        if bucket == trial.bucket:
+        if bucket != trial.bucket:  # ran at the settled count (see for_step)
+            self._remember(now, trial.home, bucket, per_token)
+        else:
             trial.samples.append(per_token)
             if per_token > self.abort_factor * trial.reference:
                 self._end(now, trial, kept=False)

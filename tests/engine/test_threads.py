@@ -26,7 +26,7 @@ class Machine:
     def run(self, seconds: float, cost: Cost, n_tokens: int = 1) -> None:
         end = self.now + seconds
         while self.now < end:
-            threads = self.ctl.threads
+            threads = self.ctl.for_step(n_tokens)  # as the runner asks before every decode
             step = cost(threads) * n_tokens
             self.now += step
             self.history.append(threads)
@@ -184,4 +184,31 @@ def test_a_short_slow_spell_is_weighed_against_the_fast_steps_around_it() -> Non
     m.run(0.1, lambda t: next(spell, quiet(t)) if t == 2 else 0.013)  # one thread beats the spell only
     m.run(0.5, quiet)
     assert m.ctl.threads == 2
+    assert m.ctl.statistics().adaptations == 0
+
+
+def test_a_prompt_never_runs_inside_a_probe_of_single_token_steps() -> None:
+    # At 1 client on a quiet machine the ceiling's "probe down" trials began on a request's last
+    # steps and took the next request's prompt to one thread: ~85 ms more to the first token.
+    m = Machine(2)
+    prompt_threads = []
+    for _ in range(40):  # requests one after the other: a prompt, 100 tokens, a pause
+        prompt_threads.append(m.ctl.for_step(32))
+        m.run(0.0001, quiet, n_tokens=32)
+        for _ in range(100):
+            m.run(0.0001, quiet)
+        m.ctl.idle()
+        m.now += 0.5
+    assert m.ctl.statistics().trials > 0  # probes did happen ...
+    assert prompt_threads == [2] * 40  # ... but never on a prompt
+    assert m.ctl.threads == 2
+
+
+def test_idle_calls_off_a_trial_without_a_verdict() -> None:
+    m = Machine(2)
+    m.run(1.5, quiet)  # past the first probe interval: a probe down starts
+    while m.ctl.for_step(1) == 2:
+        m.run(0.0001, quiet)
+    m.ctl.idle()
+    assert m.ctl.for_step(1) == 2 and m.ctl.threads == 2
     assert m.ctl.statistics().adaptations == 0
