@@ -35,6 +35,8 @@ from appliance.engine.threads import DecodeThreads, IdleCores
 
 LLAMA_DEFAULT_SEED = 0xFFFFFFFF
 MAX_PARALLEL = 64
+#: Micro-batches one step may decode (llama-server's defaults: -b 2048 with -ub 512).
+STEP_MICRO_BATCHES = 4
 #: A client's ``context`` may span this many context windows; the prompt keeps only one anyway.
 MAX_CONTEXT_WINDOWS = 4
 #: GBNF text the runner accepts; the server's schema conversion stays far below it.
@@ -97,12 +99,16 @@ class Runner:
         self.vocab = llama.llama_model_get_vocab(self.model)
         self.n_parallel = max(1, min(args.parallel, MAX_PARALLEL))
         n_ctx_slot = max(16, args.ctx)
-        n_batch = max(1, min(args.batch, n_ctx_slot))  # the server clamps too; C ints take no chances
+        # num_batch is the micro-batch llama.cpp computes at once (upstream passes it as -b and -ub);
+        # a step may hold several (prompts of clients arriving together), as llama-server's -b 2048
+        # -ub 512 does: with one micro-batch per step, 4-8 prompts took 0.72x llama-server's time.
+        n_ubatch = max(1, min(args.batch, n_ctx_slot))  # the server clamps too; C ints take no chances
+        n_batch = max(n_ubatch, min(STEP_MICRO_BATCHES * n_ubatch, n_ctx_slot * self.n_parallel))
         threads = max(1, min(args.threads, os.cpu_count() or 1))
         cparams = llama.llama_context_default_params()
         cparams.n_ctx = n_ctx_slot * self.n_parallel
         cparams.n_batch = n_batch
-        cparams.n_ubatch = min(n_batch, 512)
+        cparams.n_ubatch = n_ubatch
         cparams.n_seq_max = self.n_parallel
         cparams.n_threads = threads
         cparams.n_threads_batch = threads
