@@ -48,6 +48,8 @@ class LoadOptions:
     #: A draft model for speculative decoding, and how many tokens it guesses per step ("" / 0: none).
     draft_path: str = ""
     draft_num_predict: int = 0
+    #: The model's vision projector (mmproj GGUF), loaded beside it ("": none).
+    projector_path: str = ""
 
     def argv(self, verbose: bool) -> list[str]:
         args = [
@@ -75,6 +77,8 @@ class LoadOptions:
             args.append("--no-mmap")
         if self.draft_path:
             args += ["--draft", self.draft_path, "--draft-max", str(self.draft_num_predict)]
+        if self.projector_path:
+            args += ["--mmproj", self.projector_path]
         if verbose:
             args.append("--verbose")
         return args

@@ -2,7 +2,9 @@
 
 Server -> runner (stdin):
     {"op": "completion", "id": 7, "prompt": "...", "options": {...}, "grammar": str|null,
-     "add_special": true}
+     "add_special": true, "images": [{"width": 64, "height": 64, "rgb": base64, "digest": "..."}]}
+        (``images``, for a runner with a projector: one per MEDIA_MARKER in the prompt, in order,
+        as width x height RGB pixels, 3 bytes each, row by row)
     {"op": "cancel", "id": 7}
     {"op": "tokenize", "id": 8, "text": "...", "add_special": false}
     {"op": "detokenize", "id": 9, "tokens": [1, 2]}
@@ -28,6 +30,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
+#: Where an image goes in a completion's prompt (libmtmd's default marker, ``vision.MARKER``).
+MEDIA_MARKER = "<__media__>"
 #: A single protocol line may not exceed this (prompts are bounded by the request-body cap).
 MAX_LINE_BYTES = 256 << 20
 

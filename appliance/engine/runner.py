@@ -12,6 +12,10 @@ llama.cpp's logits (no logits are copied into Python).  A sequence keeps its KV 
 requests; a new request goes to the idle slot sharing the longest prompt prefix, and only the
 tokens after that prefix are evaluated.  With a draft model (:mod:`appliance.engine.speculative`),
 a generating sequence puts its draft's guesses in the same batch, each with logits for the check.
+With a projector (``--mmproj``, :mod:`appliance.engine.vision`), a prompt's images are items of its
+sequence (:mod:`appliance.engine.sequence`): each is evaluated by its own decode call between two
+steps' batches (a batch holds tokens or embeddings, never both), one image per step, so that other
+sequences keep generating while images are read.
 """
 
 from __future__ import annotations
@@ -25,13 +29,23 @@ import sys
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, cast
 
 from appliance.api.options import predict_limits
 from appliance.engine import protocol
+from appliance.engine.sequence import (
+    Item,
+    Key,
+    close_images,
+    cut_after_image,
+    cut_before_image,
+    items_after,
+    keys_of,
+)
 from appliance.engine.speculative import MAX_DRAFT_TOKENS, Draft
 from appliance.engine.speculative import common_prefix as _common_prefix
 from appliance.engine.threads import DecodeThreads, IdleCores
+from appliance.engine.vision import ImageChunk, ImageInputError, TextChunk, Vision, VisionError
 
 LLAMA_DEFAULT_SEED = 0xFFFFFFFF
 MAX_PARALLEL = 64
@@ -48,9 +62,10 @@ class Slot:
     """One sequence of the context (``seq_id``) and the request it is serving, if any."""
 
     seq_id: int
-    cached: list[int] = field(default_factory=list)  # tokens whose KV entries are in the cache
+    cached: list[Key] = field(default_factory=list)  # keys of the KV entries in the cache (sequence.py)
     request_id: int | None = None
-    pending: list[int] = field(default_factory=list)  # prompt tokens still to evaluate
+    pending: list[Item] = field(default_factory=list)  # prompt tokens and images still to evaluate
+    has_images: bool = False  # the request's prompt holds images (the draft cannot read them)
     sampler: Any = None  # the sampler chain (penalties, top-k/p, temperature, dist or greedy)
     grammar: Any = None  # a grammar sampler, kept out of the chain (see Runner._sample_constrained)
     options: dict[str, Any] = field(default_factory=dict)
@@ -129,6 +144,12 @@ class Runner:
                                n_parallel=self.n_parallel, n_batch=n_batch, threads=threads,
                                n_gpu_layers=args.n_gpu_layers, use_mmap=args.mmap,
                                flash_attn=cparams.flash_attn_type, kv_type=kv)
+        self.vision: Vision | None = None
+        if args.mmproj:
+            self.vision = _load_vision(self.model, args.mmproj, threads=threads,
+                                       use_gpu=args.n_gpu_layers > 0, verbose=args.verbose)
+        self.n_ubatch = cparams.n_ubatch
+        self._image_turn = 0  # where the search for the next image to evaluate starts (round robin)
         self.mem = llama.llama_get_memory(self.ctx)
         self.n_batch = n_batch
         self.n_ctx = llama.llama_n_ctx(self.ctx)
@@ -217,6 +238,35 @@ class Runner:
                 raise BadRequestError(f"invalid token id {token!r}: the vocabulary has {self.n_vocab} tokens")
         return tokens
 
+    def media_prompt(self, cmd: dict[str, Any]) -> list[Item]:
+        """A completion's prompt and images as sequence items (text tokens and image chunks).  Called on
+        the command-reader thread: preprocessing images never stalls the decode loop."""
+        if self.vision is None:
+            raise BadRequestError("this model does not support images")
+        images = cmd.get("images")
+        if not isinstance(images, list):
+            raise BadRequestError("images must be a list")
+        pictures = [_wire_image(image, i) for i, image in enumerate(images)]
+        prompt = self.vision.tokenize(str(cmd.get("prompt", "")), pictures,
+                                      add_special=bool(cmd.get("add_special", True)))
+        items: list[Item] = []
+        try:
+            for chunk in prompt.chunks:
+                if isinstance(chunk, TextChunk):
+                    items.extend(chunk.tokens)
+                    continue
+                items.append(chunk)
+                if self.vision.non_causal and chunk.n_tokens > self.n_ubatch:  # llama.cpp would abort
+                    raise ImageInputError(f"an image of {chunk.n_tokens} tokens needs a micro-batch "
+                                          f"(num_batch) of at least {chunk.n_tokens}; this model runs with "
+                                          f"{self.n_ubatch}")
+            if not items or isinstance(items[-1], ImageChunk):  # an image decode gives no logits to sample
+                raise BadRequestError("the prompt must end with text after its last image")
+        except BaseException:
+            prompt.close()
+            raise
+        return items
+
     def _make_sampler(self, opts: dict[str, Any]) -> Any:
         llama = self.llama
         params = llama.llama_sampler_chain_default_params()
@@ -255,13 +305,13 @@ class Runner:
         add(llama.llama_sampler_init_dist(LLAMA_DEFAULT_SEED if seed < 0 else seed & 0xFFFFFFFF))
         return chain
 
-    def _pick_slot(self, tokens: list[int]) -> Slot | None:
-        """The idle slot whose cache shares the longest prefix with ``tokens`` (LRU on ties)."""
+    def _pick_slot(self, keys: list[Key]) -> Slot | None:
+        """The idle slot whose cache shares the longest prefix with ``keys`` (LRU on ties)."""
         best, best_len = None, -1
         for slot in self.slots:
             if slot.busy:
                 continue
-            n = _common_prefix(slot.cached, tokens)
+            n = _common_prefix(slot.cached, keys)
             if n > best_len or (n == best_len and best is not None and slot.last_used < best.last_used):
                 best, best_len = slot, n
         return best
@@ -277,33 +327,43 @@ class Runner:
         grammar = cmd.pop("grammar_sampler", None)
         if grammar is not None:
             self.llama.llama_sampler_free(grammar)
+        close_images(cmd.pop("prompt_items", None) or ())
 
     def _start_completion(self, cmd: dict[str, Any]) -> None:
         opts = cmd.get("options") or {}
         if not isinstance(opts, dict):
             raise BadRequestError("options must be an object")
         opts = {**opts, **predict_limits(opts, self.n_ctx_slot, self.n_vocab)}
-        tokens = self.tokenize(cmd.get("prompt", ""), bool(cmd.get("add_special", True)))
+        media: list[Item] | None = cmd.get("prompt_items")
+        tokens: list[Item] = media if media is not None else cast("list[Item]", self.tokenize(
+            cmd.get("prompt", ""), bool(cmd.get("add_special", True))))
         bos = self.llama.llama_vocab_bos(self.vocab)
         if len(tokens) > 1 and tokens[0] == bos and tokens[1] == bos:  # template wrote BOS itself
             del tokens[0]
         if not tokens:
             tokens = [self.llama.llama_vocab_bos(self.vocab)]
-        slot = self._pick_slot(tokens)
+        keys = keys_of(tokens) if media is not None else cast("list[Key]", tokens)
+        limit = self.n_ctx_slot - 1
+        if media is not None and len(keys) > limit:  # truncating would cut images or the text about them
+            raise BadRequestError(f"the prompt and its images take {len(keys)} tokens, more than the "
+                                  f"context allows ({limit}); send fewer images or raise num_ctx")
+        slot = self._pick_slot(keys)
         if slot is None:
             self.waiting.append(cmd)
             return
+        cmd.pop("prompt_items", None)
         truncated = False
-        limit = self.n_ctx_slot - 1
         if len(tokens) > limit:  # keep num_keep tokens from the start and the most recent rest
             keep = min(opts["num_keep"], limit // 2)
             tokens = tokens[:keep] + tokens[len(tokens) - (limit - keep) :]
+            keys = cast("list[Key]", tokens)  # text only: prompts with images are never truncated
             truncated = True
         sampler = self._make_sampler(opts)
         grammar = cmd.pop("grammar_sampler", None)
-        n_common = _common_prefix(slot.cached, tokens)
-        if n_common == len(tokens):  # all cached: re-evaluate the last token to get fresh logits
+        n_common = _common_prefix(slot.cached, keys)
+        if n_common == len(keys):  # all cached: re-evaluate the last token to get fresh logits
             n_common -= 1
+        n_common = cut_before_image(keys, n_common)  # an image is reused whole or not at all
         if n_common < len(slot.cached):
             if not self.llama.llama_memory_seq_rm(self.mem, slot.seq_id, n_common, -1):
                 self.llama.llama_memory_seq_rm(self.mem, slot.seq_id, -1, -1)
@@ -311,10 +371,12 @@ class Runner:
             del slot.cached[n_common:]
         n_last = opts["repeat_last_n"]
         if n_last:  # penalties see the prompt too (the grammar is not in the chain: it sees only output)
-            for tok in tokens[-n_last:]:
-                self.llama.llama_sampler_accept(sampler, tok)
+            for tok in keys[-n_last:]:
+                if isinstance(tok, int):
+                    self.llama.llama_sampler_accept(sampler, tok)
         slot.request_id = int(cmd["id"])
-        slot.pending = tokens[n_common:]
+        slot.pending = tokens[n_common:] if media is None else items_after(tokens, n_common)
+        slot.has_images = media is not None
         slot.sampler = sampler
         slot.grammar = grammar
         slot.options = opts
@@ -323,7 +385,7 @@ class Runner:
         slot.decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         slot.last_token = None
         slot.n_predicted = 0
-        slot.n_prompt = len(tokens)
+        slot.n_prompt = len(keys)  # image tokens count, as upstream reports them
         slot.n_cached = n_common
         slot.t_start = time.perf_counter()
         slot.t_prompt_done = 0.0
@@ -355,6 +417,7 @@ class Runner:
         if self.draft is not None:
             events[-1].update(draft_count=slot.n_drafted, draft_accepted=slot.n_accepted)
         self._free_samplers(slot)
+        close_images(slot.pending)
         slot.request_id = None
         slot.pending = []
         slot.last_token = None
@@ -375,6 +438,9 @@ class Runner:
         n_past = len(slot.cached)
         keep = min(slot.options["num_keep"], n_past // 2)
         discard = (n_past - keep) // 2
+        if slot.has_images:  # drop whole images only
+            keep = cut_before_image(slot.cached, keep)
+            discard = cut_after_image(slot.cached, keep + discard) - keep
         if not self.can_shift or discard <= 0:
             return False
         self.llama.llama_memory_seq_rm(self.mem, slot.seq_id, keep, keep + discard)
@@ -391,6 +457,8 @@ class Runner:
         for slot in self.slots:
             if slot.busy and slot.cancelled:
                 self._finish(slot, "cancel", events)
+        if self.vision is not None:
+            self._evaluate_next_image(events)
         n = 0
         outputs: list[tuple[Slot, int, list[int]]] = []  # slot, row of its first logits, draft tokens
         participants: list[Slot] = []
@@ -419,9 +487,14 @@ class Runner:
             if not slot.busy or not slot.pending or n >= self.n_batch:
                 continue
             take = min(len(slot.pending), self.n_batch - n)
+            if slot.has_images:  # text up to the next image, which has its own decode
+                take = next((i for i, item in enumerate(slot.pending[:take]) if isinstance(item, ImageChunk)),
+                            take)
+                if take == 0:
+                    continue
             chunk, slot.pending = slot.pending[:take], slot.pending[take:]
             participants.append(slot)
-            for j, tok in enumerate(chunk):
+            for j, tok in enumerate(cast("list[int]", chunk)):  # text only: cut before the next image
                 last = not slot.pending and j == take - 1
                 self._add(n, tok, len(slot.cached), slot.seq_id, last)
                 slot.cached.append(tok)
@@ -470,6 +543,31 @@ class Runner:
                 self.draft.set_threads(threads)
             self.n_threads_now = threads
 
+    def _evaluate_next_image(self, events: list[dict[str, Any]]) -> None:
+        """Put one waiting image into its slot's KV cache (slots take turns): its own decode call, outside
+        the shared batch; one per step, so that generating slots advance between images."""
+        assert self.vision is not None
+        n = len(self.slots)
+        for k in range(n):
+            slot = self.slots[(self._image_turn + k) % n]
+            if slot.busy and slot.pending and isinstance(slot.pending[0], ImageChunk):
+                break
+        else:
+            return
+        self._image_turn = (slot.seq_id + 1) % n
+        image = slot.pending.pop(0)
+        assert isinstance(image, ImageChunk)
+        try:
+            self.vision.evaluate(self.ctx, image, seq_id=slot.seq_id, n_past=len(slot.cached))
+        except (ImageInputError, VisionError) as exc:
+            status = 400 if isinstance(exc, ImageInputError) else 500
+            events.append({"id": slot.request_id, "event": "error", "error": str(exc), "status": status})
+            self._reset_slot(slot)  # the image may be in the cache in part
+            return
+        finally:
+            image.close()
+        slot.cached.extend(image.cache_keys)
+
     def _draft(self, generating: list[Slot]) -> dict[int, list[int]]:
         """The draft's guesses for the generating slots that may use them (see speculative.py).
 
@@ -480,13 +578,14 @@ class Runner:
         wants = []
         spare = self.n_batch - len(generating)  # the batch holds every generating slot's own token first
         for slot in generating:
-            if slot.grammar is not None or slot.last_token is None:
+            if slot.grammar is not None or slot.last_token is None or slot.has_images:
                 continue
             room = self.n_ctx_slot - 2 - len(slot.cached)
             k = min(self.draft_max, room, self._predict_limit(slot) - slot.n_predicted - 1, spare)
             if k > 0:
                 spare -= k
-                wants.append((slot.seq_id, slot.cached, slot.last_token, k))
+                # no image keys in a slot without images: the draft sees token ids only
+                wants.append((slot.seq_id, cast("list[int]", slot.cached), slot.last_token, k))
         return self.draft.propose(wants) if wants else {}
 
     def _verify(self, slot: Slot, idx: int, drafted: list[int], events: list[dict[str, Any]]) -> None:
@@ -515,6 +614,7 @@ class Runner:
             self.draft.reset(slot.seq_id)
         slot.cached = []
         self._free_samplers(slot)
+        close_images(slot.pending)
         slot.request_id, slot.pending, slot.last_token = None, [], None
 
     def _free_samplers(self, slot: Slot) -> None:
@@ -692,6 +792,7 @@ class Runner:
                 "n_ctx_train": self.llama.llama_model_n_ctx_train(self.model),
                 "n_embd": self.llama.llama_model_n_embd(self.model),
                 "model_size": self.llama.llama_model_size(self.model),
+                "vision": self.vision is not None,
                 "load_duration": self.load_duration_ns,
                 "pid": os.getpid(),
             }
@@ -728,6 +829,8 @@ class Runner:
             llama.llama_free(self.embed_ctx)
         if self.draft is not None:
             self.draft.close()
+        if self.vision is not None:
+            self.vision.close()
         llama.llama_free(self.ctx)
         llama.llama_model_free(self.model)
 
@@ -752,8 +855,52 @@ def _partial_stop_suffix(text: str, stops: tuple[str, ...]) -> int:
     return best
 
 
+def _load_vision(model: Any, projector: str, *, threads: int, use_gpu: bool, verbose: bool) -> Vision:
+    """The model's projector, or a load error that says why (never a text-only runner)."""
+    vision = Vision(model, projector, n_threads=threads, use_gpu=use_gpu, verbose=verbose)
+    if vision.mrope:  # positions would have to be tracked apart from cache cells (see vision.py)
+        vision.close()
+        raise VisionError("this model's projector uses M-RoPE (the Qwen2-VL family and later), which is "
+                          "not supported yet")
+    return vision
+
+
+def _wire_image(image: Any, index: int) -> tuple[int, int, bytes]:
+    """One image of the protocol (``{"width", "height", "rgb": base64}``) as width, height, pixels."""
+    import base64
+    import binascii
+
+    if not isinstance(image, dict):
+        raise BadRequestError(f"images[{index}] must be an object")
+    width, height, rgb = image.get("width"), image.get("height"), image.get("rgb")
+    if not isinstance(width, int) or not isinstance(height, int) or not isinstance(rgb, str):
+        raise BadRequestError(f"images[{index}] needs integer width and height and base64 rgb")
+    try:
+        return width, height, base64.b64decode(rgb, validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise BadRequestError(f"images[{index}]: rgb is not base64") from exc
+
+
+def _prepare(runner: Runner, cmd: dict[str, Any]) -> bool:
+    """A completion's images and grammar, made ready on the reader thread; False (and an error sent to
+    the server) when the request cannot run."""
+    try:
+        if cmd.get("images"):
+            cmd["prompt_items"] = runner.media_prompt(cmd)
+            del cmd["images"]  # the pixels are in the chunks now
+        if cmd.get("grammar"):
+            cmd["grammar_sampler"] = runner.make_grammar(str(cmd["grammar"]))
+    except Exception as exc:  # one bad request must not end the runner
+        close_images(cmd.pop("prompt_items", None) or ())
+        status = 400 if isinstance(exc, BadRequestError | ImageInputError) else 500
+        runner.send({"id": cmd.get("id"), "event": "error", "error": str(exc) or type(exc).__name__,
+                     "status": status})
+        return False
+    return True
+
+
 def _reader(stream: BinaryIO, runner: Runner) -> None:
-    """Read commands; a completion's grammar is compiled here, off the decode loop's thread."""
+    """Read commands; a completion's grammar and images are prepared here, off the decode loop's thread."""
     for line in stream:
         if not line.strip():
             continue
@@ -762,12 +909,8 @@ def _reader(stream: BinaryIO, runner: Runner) -> None:
         except ValueError as exc:
             sys.stderr.write(f"runner: bad protocol line: {exc}\n")
             continue
-        if cmd.get("op") == "completion" and cmd.get("grammar"):
-            try:
-                cmd["grammar_sampler"] = runner.make_grammar(str(cmd["grammar"]))
-            except BadRequestError as exc:
-                runner.send({"id": cmd.get("id"), "event": "error", "error": str(exc), "status": 400})
-                continue
+        if cmd.get("op") == "completion" and not _prepare(runner, cmd):
+            continue
         runner.commands.put(cmd)
     runner.commands.put(None)  # the server went away: shut down
 
@@ -786,6 +929,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--kv-cache-type", default="")
     p.add_argument("--draft", default="", help="a draft model for speculative decoding")
     p.add_argument("--draft-max", type=int, default=0, help="tokens the draft guesses per step (0: none)")
+    p.add_argument("--mmproj", default="", help="the model's vision projector (images in prompts)")
     p.add_argument("--verbose", action="store_true")
     return p.parse_args(argv)
 

@@ -200,6 +200,8 @@ class Scheduler:
             adapters=tuple(str(p) for p in model.adapter_paths),
             draft_path=draft_path,
             draft_num_predict=draft_n if draft_path else 0,
+            # As upstream, one projector per model: the first projector layer.
+            projector_path=str(model.projector_paths[0]) if model.projector_paths else "",
         )
 
     def _num_gpu(self, info: GGUFInfo, model: Model, requested: int, num_ctx: int) -> int:
@@ -341,6 +343,8 @@ class Scheduler:
                     except (OSError, InvalidGGUF) as exc:
                         raise RunnerError(f"unable to load draft model {wanted.draft_path}: {exc}") from exc
                     need += estimate_bytes(draft_info, os.path.getsize(wanted.draft_path), wanted)
+                if wanted.projector_path:  # its weights; the encoder's work memory is small beside them
+                    need += os.path.getsize(wanted.projector_path)
                 await self._make_room(need, drained)
             finally:
                 for other in drained:  # left loaded only when this request gave up (cancelled, failed)

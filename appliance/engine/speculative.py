@@ -23,6 +23,7 @@ the prefix cache, context shifts and rejected guesses need no bookkeeping beyond
 from __future__ import annotations
 
 import sys
+from collections.abc import Sequence
 from typing import Any
 
 #: draft_num_predict is clamped to this: beyond it a wrong early guess wastes the rest of the batch.
@@ -213,7 +214,7 @@ class Draft:
             self.model = None
 
 
-def common_prefix(a: list[int], b: list[int]) -> int:
+def common_prefix(a: Sequence[object], b: Sequence[object]) -> int:
     """How many leading items ``a`` and ``b`` share."""
     n = min(len(a), len(b))
     i = 0
