@@ -73,6 +73,8 @@ def format_show(info: dict[str, Any], verbose: bool = False) -> str:
     sections = [_section("Model", rows)]
     if info.get("capabilities"):
         sections.append(_section("Capabilities", [[c] for c in info["capabilities"]]))
+    if info.get("projector_info"):
+        sections.append(_section("Projector", _projector_rows(info["projector_info"])))
     if info.get("parameters"):
         param_rows = [line.split(None, 1) for line in str(info["parameters"]).splitlines() if line.strip()]
         sections.append(_section("Parameters", [[r[0], r[1] if len(r) > 1 else ""] for r in param_rows]))
@@ -89,6 +91,23 @@ def format_show(info: dict[str, Any], verbose: bool = False) -> str:
                 rows.append(["..."])
             sections.append(_section(title, rows))
     return "\n".join(sections)
+
+
+def _projector_rows(projector: dict[str, Any]) -> list[list[str]]:
+    """Upstream's Projector section: architecture, parameters, embedding length, dimensions."""
+    from appliance.store.gguf import parameter_size_label
+
+    arch = str(projector.get("general.architecture") or "")
+    rows = [["architecture", arch]]
+    count = projector.get("general.parameter_count")
+    if isinstance(count, int | float):
+        rows.append(["parameters", parameter_size_label(int(count))])
+    for label, key in (("embedding length", "vision.embedding_length"),
+                       ("dimensions", "vision.projection_dim")):
+        value = projector.get(f"{arch}.{key}")
+        if value is not None:
+            rows.append([label, _fmt_number(value)])
+    return rows
 
 
 def _short_value(value: Any) -> str:
@@ -185,6 +204,11 @@ def build_create_request(model: str, modelfile_path: Path, quantize: str | None,
         body["files"] = _upload(client, local, status)
     else:
         body["from"] = source
+    for more in parsed.values("from")[1:]:  # a vision model's projector (mmproj GGUF), as upstream
+        projector = _local_file(more, base_dir)
+        if projector is None or projector.is_dir():
+            raise SystemExit(f"Error: {more!r} is not a file: a second FROM names a projector GGUF")
+        body["files"] = {**body.get("files", {}), **_upload(client, projector, status)}
     adapters: dict[str, str] = {}
     for adapter in fields.get("adapters") or []:
         local_adapter = _local_file(adapter, base_dir)

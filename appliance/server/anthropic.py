@@ -88,8 +88,12 @@ def _tool_result(block: dict[str, Any], where: str, names: dict[str, str]) -> di
                   if isinstance(b, dict) and b.get("type") == "image"]
         compat.check_images(images, where)
         content = [b for b in content if not (isinstance(b, dict) and b.get("type") == "image")]
+    else:
+        images = []
     text = _text_blocks(content, f"{where}.content")
-    message = {"role": "tool", "content": text, "tool_call_id": call_id}
+    message: dict[str, Any] = {"role": "tool", "content": text, "tool_call_id": call_id}
+    if images:
+        message["images"] = images
     if call_id in names:
         message["tool_name"] = names[call_id]
     return message
@@ -128,8 +132,10 @@ def _message(msg: Any, where: str, names: dict[str, str]) -> list[dict[str, Any]
                              f"{at}.type")
     compat.check_images(images, where)
     out = list(results)
-    if texts or calls or thinking or not results:
+    if texts or calls or thinking or images or not results:
         message: dict[str, Any] = {"role": role, "content": "\n".join(t or "" for t in texts)}
+        if images:
+            message["images"] = images
         if calls:
             message["tool_calls"] = calls
         if thinking:

@@ -133,7 +133,7 @@ def options_for(model: Model, sampling: dict[str, Any], stops: list[str] | None 
 
 
 def check_images(images: list[str], where: str) -> None:
-    """Images go through the native routes' check (no model served here can see them yet)."""
+    """Images go through the native routes' check; they are decoded when the model is known to see them."""
     _check_images(images, where)
 
 

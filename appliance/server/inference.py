@@ -16,6 +16,7 @@ from typing import Any
 import trio
 
 from appliance import envconfig
+from appliance.api.images import Image
 from appliance.api.options import validate_options
 from appliance.engine.grammar import format_grammar
 from appliance.engine.scheduler import Loaded, Scheduler
@@ -23,6 +24,7 @@ from appliance.errors import BadRequest
 from appliance.prompt import render
 from appliance.prompt.thinking import ThinkingParser
 from appliance.prompt.tools import ToolCallParser
+from appliance.server import image_prompt
 from appliance.store.gguf import GGUFInfo
 from appliance.store.local import Store
 from appliance.store.model import Model, capabilities
@@ -38,6 +40,7 @@ class Generation:
     model: Model
     messages: list[dict[str, Any]] | None = None  # chat
     prompt: str | None = None  # generate
+    images: list[str] | None = None  # generate: base64 images (chat messages carry their own)
     system: str | None = None
     suffix: str = ""
     template: str | None = None  # per-request TEMPLATE override (generate)
@@ -124,7 +127,25 @@ async def check_capabilities(gen: Generation, scheduler: Scheduler) -> GGUFInfo:
         raise BadRequest(f'"{name}" does not support thinking')
     if gen.suffix and "insert" not in caps:
         raise BadRequest(f'"{name}" does not support insert')
+    if gen.images or any(m.get("images") for m in gen.messages or ()):
+        if "vision" not in caps:
+            raise BadRequest(f'"{name}" does not support images')
+        if not gen.model.projector_paths:  # vision.block_count in the model GGUF itself
+            raise BadRequest(f'"{name}" has its vision encoder inside the model GGUF, which llama.cpp cannot '
+                             "load; import the model with its projector as a separate GGUF (mmproj)")
     return info
+
+
+async def _decode_images(gen: Generation) -> list[Image]:
+    """Tag the request's images in its messages (or prompt) and decode them, in tag order."""
+    if gen.messages is not None:
+        gen.messages, groups = image_prompt.tag_messages(gen.messages)
+    elif gen.images:
+        gen.prompt = image_prompt.tag_text(gen.prompt or "", len(gen.images), 0)
+        groups = [("generate", gen.images)]
+    else:
+        groups = []
+    return await image_prompt.decode(groups) if groups else []
 
 
 def _chat_messages(gen: Generation) -> list[dict[str, Any]]:
@@ -222,6 +243,7 @@ async def generate(gen: Generation, scheduler: Scheduler) -> AsyncIterator[Chunk
     """Run one generation; yields content/thinking/tool-call chunks and a final ``done`` chunk."""
     t0 = time.perf_counter_ns()
     info = await check_capabilities(gen, scheduler)
+    decoded = await _decode_images(gen)  # before loading: a bad image must not cost a model load
     grammar = await trio.to_thread.run_sync(format_grammar, gen.format) if gen.format is not None else None
     async with scheduler.use(gen.model, gen.options, gen.keep_alive_s) as loaded:
         t_loaded = time.perf_counter_ns()
@@ -229,7 +251,12 @@ async def generate(gen: Generation, scheduler: Scheduler) -> AsyncIterator[Chunk
         if gen.context:
             async for event in loaded.runner.request({"op": "detokenize", "tokens": gen.context}):
                 prompt = str(event.get("text", "")) + prompt
-        request: dict[str, Any] = {"op": "completion", "prompt": prompt, "options": gen.options}
+        request: dict[str, Any] = {"op": "completion", "options": gen.options}
+        if decoded:
+            prompt, sent = image_prompt.place(prompt, decoded)
+            if sent:
+                request["images"] = [image.to_wire() for image in sent]
+        request["prompt"] = prompt
         if grammar is not None:
             request["grammar"] = grammar
         template = gen.template or gen.model.template or info.chat_template or ""

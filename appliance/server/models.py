@@ -94,6 +94,9 @@ def _show(store: Store, name_text: str, verbose: bool) -> dict[str, Any]:
     if model.messages:
         out["messages"] = list(model.messages)
     out["model_info"] = model_info(info, verbose) if info is not None else {}
+    if model.projector_paths:  # upstream's projector_info: the (first) projector's metadata
+        projector = read_gguf(model.projector_paths[0], max_array=None if verbose else 0)
+        out["projector_info"] = model_info(projector, verbose)
     if verbose and info is not None:
         from appliance.store.gguf import ggml_type_name
 
@@ -112,6 +115,7 @@ def _modelfile_of(model: Model) -> str:
         parameters=model.parameters,
         adapters=[str(p) for p in model.adapter_paths],
         draft=str(model.draft_path) if model.draft_path else None,
+        projectors=[str(p) for p in model.projector_paths],
         license=list(model.license),
         messages=list(model.messages),
         header_name=model.name.display,

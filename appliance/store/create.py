@@ -202,6 +202,12 @@ def plan_create(store: Store, req: Mapping[str, Any]) -> CreatePlan:
 
             loaded = json.loads(store.blobs.read_bytes(params_layer.digest, 16 << 20))
             plan.parameters = loaded if isinstance(loaded, dict) else {}
+        if files:  # a projector for the stored model (FROM model + FROM ./mmproj.gguf)
+            projectors, model_info = _gguf_layers(store, files, adapters=False)
+            if model_info is not None:
+                raise BadRequest("with 'from', 'files' may only hold a projector (mmproj) GGUF")
+            plan.base_layers = [layer for layer in plan.base_layers if layer.media_type != mf.MEDIA_PROJECTOR]
+            plan.base_layers += projectors
     elif files and is_safetensors_import(files):
         # Checked now (config, headers, tokenizer: a 400 before streaming), converted by run_create.
         with SafetensorsImport(store.blobs, files, self_command()) as job:
