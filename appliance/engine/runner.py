@@ -42,7 +42,7 @@ from appliance.engine.sequence import (
     items_after,
     keys_of,
 )
-from appliance.engine.speculative import MAX_DRAFT_TOKENS, Draft
+from appliance.engine.speculative import MAX_DRAFT_TOKENS, Draft, put_token
 from appliance.engine.speculative import common_prefix as _common_prefix
 from appliance.engine.threads import DecodeThreads, IdleCores
 from appliance.engine.vision import ImageChunk, ImageInputError, TextChunk, Vision, VisionError
@@ -479,7 +479,7 @@ class Runner:
             outputs.append((slot, n, drafted))
             participants.append(slot)
             for j, tok in enumerate([slot.last_token, *drafted]):
-                self._add(n, tok, len(slot.cached) + j, slot.seq_id, True)
+                put_token(self.batch, n, tok, len(slot.cached) + j, slot.seq_id, True)
                 n += 1
             slot.cached.append(slot.last_token)
             slot.last_token = None
@@ -496,7 +496,7 @@ class Runner:
             participants.append(slot)
             for j, tok in enumerate(cast("list[int]", chunk)):  # text only: cut before the next image
                 last = not slot.pending and j == take - 1
-                self._add(n, tok, len(slot.cached), slot.seq_id, last)
+                put_token(self.batch, n, tok, len(slot.cached), slot.seq_id, last)
                 slot.cached.append(tok)
                 if last:
                     outputs.append((slot, n, []))
@@ -657,14 +657,6 @@ class Runner:
         llama.llama_sampler_accept(slot.grammar, token)
         llama.llama_sampler_accept(slot.sampler, token)
         return token
-
-    def _add(self, i: int, token: int, pos: int, seq_id: int, logits: bool) -> None:
-        b = self.batch
-        b.token[i] = token
-        b.pos[i] = pos
-        b.n_seq_id[i] = 1
-        b.seq_id[i][0] = seq_id
-        b.logits[i] = logits
 
     def _emit(self, slot: Slot, token: int, events: list[dict[str, Any]]) -> None:
         if self.llama.llama_vocab_is_eog(self.vocab, token):

@@ -162,7 +162,7 @@ class Draft:
                 break
             cached = self.cached[seq_id]
             for j, token in enumerate(tokens[:take]):
-                self._add(n, token, len(cached), seq_id, take == len(tokens) and j == take - 1)
+                put_token(self.batch, n, token, len(cached), seq_id, take == len(tokens) and j == take - 1)
                 cached.append(token)
                 n += 1
             if take == len(tokens):
@@ -183,19 +183,11 @@ class Draft:
                 del rows[seq_id]
                 if len(guesses[seq_id]) < limits[seq_id] and not llama.llama_vocab_is_eog(self.vocab, token):
                     cached = self.cached[seq_id]
-                    self._add(n, token, len(cached), seq_id, True)
+                    put_token(self.batch, n, token, len(cached), seq_id, True)
                     cached.append(token)
                     rows[seq_id] = n
                     n += 1
         return guesses
-
-    def _add(self, i: int, token: int, pos: int, seq_id: int, logits: bool) -> None:
-        b = self.batch
-        b.token[i] = token
-        b.pos[i] = pos
-        b.n_seq_id[i] = 1
-        b.seq_id[i][0] = seq_id
-        b.logits[i] = logits
 
     def close(self) -> None:
         """Free the draft's sampler, batch, context and model (also after a failed load)."""
@@ -222,3 +214,11 @@ def common_prefix(a: Sequence[object], b: Sequence[object]) -> int:
         i += 1
     return i
 
+
+def put_token(batch: Any, i: int, token: int, pos: int, seq_id: int, logits: bool) -> None:
+    """Row ``i`` of a llama_batch: ``token`` of sequence ``seq_id`` at ``pos``, with logits or not."""
+    batch.token[i] = token
+    batch.pos[i] = pos
+    batch.n_seq_id[i] = 1
+    batch.seq_id[i][0] = seq_id
+    batch.logits[i] = logits
