@@ -73,6 +73,8 @@ class LoadOptions:
             "--kv-cache-type",
             self.kv_cache_type,
         ]
+        for adapter in self.adapters:
+            args += ["--lora", adapter]
         if not self.use_mmap:
             args.append("--no-mmap")
         if self.draft_path:

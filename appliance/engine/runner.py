@@ -150,6 +150,8 @@ class Runner:
                                        use_gpu=args.n_gpu_layers > 0, verbose=args.verbose)
         self.n_ubatch = cparams.n_ubatch
         self._image_turn = 0  # where the search for the next image to evaluate starts (round robin)
+        self.adapters = [self._load_adapter(path) for path in args.lora]
+        self._apply_adapters(self.ctx)
         self.mem = llama.llama_get_memory(self.ctx)
         self.n_batch = n_batch
         self.n_ctx = llama.llama_n_ctx(self.ctx)
@@ -167,6 +169,26 @@ class Runner:
         self.n_vocab = llama.llama_vocab_n_tokens(self.vocab)
         self._candidates: Any = None  # numpy llama_token_data[n_vocab], made on first constrained use
         self.add_bos = bool(llama.llama_vocab_get_add_bos(self.vocab))
+
+    def _load_adapter(self, path: str) -> Any:
+        """A LoRA adapter for this model; an adapter that cannot load fails the load (a model must never
+        run silently as its base)."""
+        adapter = self.llama.llama_adapter_lora_init(ctypes.cast(self.model, ctypes.c_void_p), path.encode())
+        if not adapter:
+            raise RuntimeError(f"unable to load LoRA adapter {os.path.basename(path)}: not a LoRA GGUF for "
+                               "this model (architecture or tensor shapes differ)")
+        return adapter
+
+    def _apply_adapters(self, ctx: Any) -> None:
+        if not self.adapters:
+            return
+        n = len(self.adapters)
+        setter = self.llama.llama_set_adapters_lora
+        handles = (setter.argtypes[1]._type_ * n)(*self.adapters)  # llama_adapter_lora * [n]
+        scales = (ctypes.c_float * n)(*([1.0] * n))
+        rc = setter(ctx, handles, n, scales)
+        if rc != 0:
+            raise RuntimeError(f"unable to apply {n} LoRA adapter(s) ({rc})")
 
     def _silence_logs(self) -> None:
         llama = self.llama
@@ -705,6 +727,7 @@ class Runner:
             self.embed_ctx = llama.llama_init_from_model(self.model, cparams)
             if not self.embed_ctx:
                 raise RuntimeError("unable to create an embedding context")
+            self._apply_adapters(self.embed_ctx)
         ctx = self.embed_ctx
         n_embd = llama.llama_model_n_embd_out(self.model) or llama.llama_model_n_embd(self.model)
         limit = llama.llama_n_ctx(ctx)
@@ -919,6 +942,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--no-mmap", dest="mmap", action="store_false")
     p.add_argument("--flash-attention", choices=["auto", "on", "off"], default="auto")
     p.add_argument("--kv-cache-type", default="")
+    p.add_argument("--lora", action="append", default=[], help="a LoRA adapter (GGUF) applied at scale 1")
     p.add_argument("--draft", default="", help="a draft model for speculative decoding")
     p.add_argument("--draft-max", type=int, default=0, help="tokens the draft guesses per step (0: none)")
     p.add_argument("--mmproj", default="", help="the model's vision projector (images in prompts)")
