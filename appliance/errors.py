@@ -7,7 +7,8 @@
      │    ├── DigestMismatch                 bytes do not hash to the digest they claim
      │    ├── InvalidModelfile               carries .line (1-based) and .reason
      │    ├── InvalidGGUF                    a GGUF that fails the bounds checks
-     │    └── InvalidParameter               an option/PARAMETER with a bad name or value
+     │    ├── InvalidParameter               an option/PARAMETER with a bad name or value
+     │    └── UnsupportedModel               a GGUF llama.cpp cannot run here (see store/gguf_compat.py)
      ├── Forbidden                      403  e.g. a Host header that fails the DNS-rebinding check
      ├── NotFound                       404
      │    ├── ModelNotFound
@@ -74,6 +75,11 @@ class InvalidGGUF(BadRequest):
 
 class InvalidParameter(BadRequest):
     pass
+
+
+class UnsupportedModel(BadRequest):
+    """A model whose architecture or layout llama.cpp cannot run here: 400 rather than a runner's 500,
+    since the answer never changes on retry (clients retry 5xx) and the remedy is another model."""
 
 
 class Forbidden(ApplianceError):

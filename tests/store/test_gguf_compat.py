@@ -1,0 +1,161 @@
+"""The Ollama-library layout table: each rule on a small GGUF written the way Ollama publishes it, and
+the translated copy (header rewritten, tensor data byte for byte, blob untouched, written once)."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import pytest
+
+from appliance.errors import UnsupportedModel
+from appliance.store.gguf import GGUFInfo, read_gguf
+from appliance.store.gguf_compat import RULES_VERSION, assess, cache_dir, llama_cpp_note, translated_copy
+from tests.fixtures.ollama_layouts import with_embedded_tower, write_header_only, write_ollama_gptoss
+from tests.fixtures.tiny_gguf import write_tiny_llama
+
+
+def _blob(models: Path, source: Path) -> Path:
+    """``source`` placed in a models folder as a content-addressed blob."""
+    data = source.read_bytes()
+    blob = models / "blobs" / f"sha256-{hashlib.sha256(data).hexdigest()}"
+    blob.parent.mkdir(parents=True, exist_ok=True)
+    blob.write_bytes(data)
+    return blob
+
+
+def _tensor_bytes(path: Path, info: GGUFInfo, name: str) -> bytes:
+    tensor = next(t for t in info.tensors if t.name == name)
+    with open(path, "rb") as f:
+        f.seek(info.data_offset + tensor.offset)
+        return f.read(tensor.n_bytes)
+
+
+def test_a_llama_cpp_gguf_loads_as_it_is(tmp_path: Path) -> None:
+    blob = _blob(tmp_path / "models", write_tiny_llama(tmp_path / "tiny.gguf"))
+    assert assess(read_gguf(blob, max_array=0)).action == "load"
+    assert translated_copy(blob, tmp_path / "models") == blob
+    assert not cache_dir(tmp_path / "models").exists()
+    assert llama_cpp_note(blob) is None
+
+
+def test_gptoss_is_translated_to_gpt_oss_with_its_tensor_data_unchanged(tmp_path: Path) -> None:
+    models = tmp_path / "models"
+    blob = _blob(models, write_ollama_gptoss(tmp_path / "gptoss.gguf"))
+    before = hashlib.sha256(blob.read_bytes()).hexdigest()
+    verdict = assess(read_gguf(blob, max_array=0))
+    assert verdict.action == "translate"
+    assert "model family 'gpt-oss' (architecture 'gptoss')" in verdict.message
+
+    copy = translated_copy(blob, models)
+    assert copy == cache_dir(models) / f"{blob.name}-v{RULES_VERSION}.gguf"
+    src, out = read_gguf(blob), read_gguf(copy)
+    assert out.architecture == "gpt-oss"
+    assert not [k for k in out.metadata if k.startswith("gptoss.")]
+    assert out.metadata["gpt-oss.block_count"] == 2
+    assert out.metadata["gpt-oss.attention.sliding_window"] == 64
+    assert out.metadata["gpt-oss.expert_feed_forward_length"] == 32  # from ffn_gate_exps' shape
+    assert out.metadata["gpt-oss.rope.scaling.type"] == "yarn"
+    assert out.metadata["tokenizer.ggml.pre"] == "gpt-4o"
+    assert out.metadata["tokenizer.ggml.tokens"] == src.metadata["tokenizer.ggml.tokens"]
+    names = {t.name for t in out.tensors}
+    assert {"blk.0.attn_output.weight", "blk.0.attn_output.bias", "blk.0.attn_sinks.weight",
+            "blk.1.post_attention_norm.weight"} <= names
+    assert not {"blk.0.attn_out.weight", "blk.0.attn_sinks", "blk.0.ffn_norm.weight"} & names
+    renamed = {"blk.1.attn_out.weight": "blk.1.attn_output.weight", "blk.0.attn_sinks": "blk.0.attn_sinks.weight",
+               "blk.0.ffn_gate_exps.weight": "blk.0.ffn_gate_exps.weight", "token_embd.weight": "token_embd.weight"}
+    for old, new in renamed.items():
+        assert _tensor_bytes(copy, out, new) == _tensor_bytes(blob, src, old)
+    assert hashlib.sha256(blob.read_bytes()).hexdigest() == before  # the blob itself is never rewritten
+
+    written = copy.stat().st_mtime_ns
+    assert translated_copy(blob, models) == copy
+    assert copy.stat().st_mtime_ns == written  # written once, then reused
+    assert not [p for p in cache_dir(models).iterdir() if p.name.startswith(".tmp-")]
+
+
+def test_an_embedded_vision_tower_is_left_out_of_the_text_model(tmp_path: Path) -> None:
+    models = tmp_path / "models"
+    blob = _blob(models, with_embedded_tower(write_tiny_llama(tmp_path / "tiny.gguf"), tmp_path / "v.gguf"))
+    verdict = assess(read_gguf(blob, max_array=0))
+    assert verdict.action == "translate"
+    assert "runs as a text model" in verdict.message
+    copy = translated_copy(blob, models)
+    src, out = read_gguf(blob), read_gguf(copy)
+    assert {t.name for t in out.tensors} == {t.name for t in src.tensors if not t.name.startswith(("v.", "mm."))}
+    assert len(out.tensors) == len(src.tensors) - 4
+    for tensor in out.tensors:
+        assert _tensor_bytes(copy, out, tensor.name) == _tensor_bytes(blob, src, tensor.name)
+
+
+def test_an_unknown_architecture_is_refused_by_name(tmp_path: Path) -> None:
+    blob = _blob(tmp_path / "models", write_header_only(tmp_path / "x.gguf", "ollamaonly"))
+    verdict = assess(read_gguf(blob, max_array=0))
+    assert verdict.action == "refuse"
+    assert "model architecture 'ollamaonly' is not supported by llama.cpp here" in verdict.message
+    with pytest.raises(UnsupportedModel) as caught:
+        translated_copy(blob, tmp_path / "models")
+    assert caught.value.status == 400
+    assert "'ollamaonly'" in str(caught.value)
+    note = llama_cpp_note(blob)
+    assert note is not None and note.startswith("warning: ") and "will not load here" in note
+
+
+def test_mllama_is_refused_naming_the_family(tmp_path: Path) -> None:
+    path = write_header_only(tmp_path / "mllama.gguf", "mllama",
+                             {"mllama.attention.cross_attention_layers": [3, 8]})
+    verdict = assess(read_gguf(path, max_array=0))
+    assert verdict.action == "refuse"
+    assert verdict.message.startswith("model family 'llama3.2-vision' (architecture 'mllama') was published "
+                                      "for Ollama's own engine and cannot run on llama.cpp here: ")
+
+
+def test_a_layout_that_needs_tensor_data_changed_is_refused(tmp_path: Path) -> None:
+    path = write_header_only(tmp_path / "qwen35.gguf", "qwen35", {"qwen35.ssm.v_head_reordered": True},
+                             {"token_embd.weight": (16, 8), "mtp.0.eh_proj.weight": (8, 16)})
+    verdict = assess(read_gguf(path, max_array=0))
+    assert verdict.action == "refuse"
+    assert "model family 'qwen3.5'" in verdict.message and "tensor data rewritten" in verdict.message
+    # the same architecture converted by llama.cpp (no Ollama markers) loads as it is
+    plain = write_header_only(tmp_path / "plain.gguf", "qwen35")
+    assert assess(read_gguf(plain, max_array=0)).action == "load"
+
+
+def test_qwen3next_per_layer_kv_heads_collapse_and_ssm_dt_is_renamed(tmp_path: Path) -> None:
+    models = tmp_path / "models"
+    blob = _blob(models, write_header_only(
+        tmp_path / "next.gguf", "qwen3next", {"qwen3next.attention.head_count_kv": [0, 0, 2, 0]},
+        {"token_embd.weight": (16, 8), "blk.0.ssm_dt": (8,), "blk.0.ssm_a": (8,)}))
+    copy = translated_copy(blob, models)
+    out = read_gguf(copy)
+    assert out.metadata["qwen3next.attention.head_count_kv"] == 2
+    assert {t.name for t in out.tensors} == {"token_embd.weight", "blk.0.ssm_dt.bias", "blk.0.ssm_a"}
+
+
+def test_gemma3_vocabulary_is_cut_to_the_embedding_rows_and_keys_completed(tmp_path: Path) -> None:
+    models = tmp_path / "models"
+    tokens = [f"t{i}" for i in range(20)]  # 4 more than token_embd's 16 rows (image tokens)
+    blob = _blob(models, write_header_only(
+        tmp_path / "gemma3.gguf", "gemma3",
+        {"tokenizer.ggml.tokens": tokens, "gemma3.rope.global.freq_base": 500000.0,
+         "gemma3.context_length": 131072, "gemma3.mm.tokens_per_image": 256},
+        {"token_embd.weight": (16, 8), "v.blk.0.attn_q.weight": (8, 8), "mm.mm_input_projection.weight": (8, 8)}))
+    assert assess(read_gguf(blob, max_array=0)).family == "gemma3"
+    out = read_gguf(translated_copy(blob, models))
+    assert out.metadata["tokenizer.ggml.tokens"] == tokens[:16]
+    assert out.metadata["gemma3.rope.freq_base"] == 500000.0
+    assert out.metadata["gemma3.rope.freq_base_swa"] == 10000.0
+    assert out.metadata["gemma3.attention.layer_norm_rms_epsilon"] == 1e-06
+    assert out.metadata["gemma3.rope.scaling.type"] == "linear"
+    assert [t.name for t in out.tensors] == ["token_embd.weight"]
+
+
+def test_a_translated_copy_whose_blob_is_gone_is_removed(tmp_path: Path) -> None:
+    models = tmp_path / "models"
+    first = _blob(models, write_ollama_gptoss(tmp_path / "a.gguf", seed=1))
+    old_copy = translated_copy(first, models)
+    first.unlink()  # the model was deleted and its blob pruned
+    second = _blob(models, write_ollama_gptoss(tmp_path / "b.gguf", seed=2))
+    translated_copy(second, models)
+    assert not old_copy.exists()
+    assert len(list(cache_dir(models).iterdir())) == 1
