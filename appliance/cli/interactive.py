@@ -20,7 +20,8 @@ from prompt_toolkit.history import History
 
 from appliance import envconfig
 from appliance.api.client import Client, ResponseError
-from appliance.cli.run import RunOptions, chat_turn, infer_think, load_or_unload
+from appliance.cli.attachments import ImageFileError, candidate_paths
+from appliance.cli.run import RunOptions, chat_turn, infer_think, load_or_unload, take_images
 
 USAGE = """Available Commands:
   /set            Set session variables
@@ -35,6 +36,9 @@ USAGE = """Available Commands:
 Use \"\"\" to begin a multi-line message.
 
 """
+
+#: The line USAGE gains for a model that sees images.
+USAGE_IMAGES = "Use /path/to/file to include .jpg, .png, or .webp images.\n"
 
 USAGE_SET = """Available Commands:
   /set parameter ...     Set a parameter
@@ -304,8 +308,10 @@ class Repl:
             for prefixes, command in self.commands:
                 if line.startswith(prefixes):
                     return command(line)
-            print(f"Unknown command '{line.split()[0]}'. Type /? for help")
-            return True
+            if not self._starts_with_image_path(line):
+                print(f"Unknown command '{line.split()[0]}'. Type /? for help")
+                return True
+            self.buffer += line
         else:
             self.buffer += line
         if self.buffer and self.multiline is None:
@@ -313,12 +319,30 @@ class Repl:
             self._send(text)
         return True
 
+    def _starts_with_image_path(self, line: str) -> bool:
+        """A line such as ``/home/me/cat.png what is this?`` is a prompt, not a command (vision models)."""
+        first = line.split()[0]
+        return self.opts.multimodal and any(path.startswith(first) for path in candidate_paths(line))
+
     def _send(self, text: str) -> None:
-        self.opts.messages.append({"role": "user", "content": text})
+        message: dict[str, Any] = {"role": "user", "content": text}
+        if self.opts.multimodal:
+            try:
+                message["content"], images = take_images(text)
+            except ImageFileError:
+                return  # take_images said which file; nothing is sent, the session goes on
+            if images:
+                message["images"] = images  # kept in the conversation: every later turn sends them again
+        self.opts.messages.append(message)
         try:
             reply = chat_turn(self.client, self.opts)
         except ResponseError as exc:
             if "does not support thinking" in str(exc) or "invalid think value" in str(exc):
+                print(f"error: {exc}")
+                return
+            if exc.status == 400 and "images" in message:
+                # The server refused an image: keeping the message would make every later turn fail too.
+                self.opts.messages.remove(message)
                 print(f"error: {exc}")
                 return
             raise
@@ -526,7 +550,7 @@ class Repl:
     def _help(self, line: str) -> bool:
         args = line.split()
         if len(args) < 2:
-            sys.stderr.write(USAGE)
+            sys.stderr.write(USAGE[:-1] + USAGE_IMAGES + "\n" if self.opts.multimodal else USAGE)
         elif args[1] in ("set", "/set"):
             sys.stderr.write(USAGE_SET)
         elif args[1] in ("show", "/show"):

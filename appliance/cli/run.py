@@ -7,6 +7,7 @@ one-shot prompt goes through ``/api/generate``, the REPL through ``/api/chat``, 
 
 from __future__ import annotations
 
+import base64
 import dataclasses
 import json
 import math
@@ -48,15 +49,20 @@ class RunOptions:
     think: bool | str | None = None
     hide_thinking: bool = False
     verbose: bool = False
+    multimodal: bool = False  # image paths in a prompt are sent as images
 
     def copy(self) -> RunOptions:
         return dataclasses.replace(self, loaded_messages=list(self.loaded_messages),
                                    messages=list(self.messages), options=dict(self.options))
 
     def apply_show(self, info: dict[str, Any]) -> None:
-        """Take what ``/api/show`` says about the model: its parent and its stored MESSAGEs."""
+        """Take what ``/api/show`` says about the model: its parent, its stored MESSAGEs, and whether it
+        sees images (Ollama's CLI also trusts a projector or vision metadata, as older servers report
+        no capabilities)."""
         self.parent_model = str((info.get("details") or {}).get("parent_model") or "")
         self.loaded_messages = list(info.get("messages") or [])
+        self.multimodal = ("vision" in (info.get("capabilities") or []) or bool(info.get("projector_info"))
+                           or any(".vision." in key for key in info.get("model_info") or {}))
 
     def request(self, **fields: Any) -> dict[str, Any]:
         """A generate/chat body for this session; ``fields`` supplies prompt or messages."""
@@ -386,10 +392,31 @@ def stream_reply(chunks: Iterator[dict[str, Any]], printer: ReplyPrinter,
     return final
 
 
+def take_images(text: str) -> tuple[str, list[str]]:
+    """The prompt without the image files it names, and those images as base64 (see cli.attachments).
+
+    Raises ImageFileError after saying on stderr, as Ollama does, which file could not be used.
+    """
+    from appliance.cli.attachments import ImageFileError, extract_images
+    from appliance.prompt.gotemplate_funcs import go_quote
+
+    try:
+        text, images = extract_images(text)
+    except ImageFileError as exc:
+        sys.stderr.write(f"Couldn't process file: {go_quote(str(exc))}\n")
+        raise
+    return text, [base64.b64encode(data).decode("ascii") for data in images]
+
+
 def generate_once(client: Client, opts: RunOptions) -> int:
     """Answer ``opts.prompt`` once (an empty prompt just loads the model), as ``ollama run M PROMPT``."""
     out = sys.stdout
+    images: list[str] = []
+    if opts.multimodal:
+        opts.prompt, images = take_images(opts.prompt)
     body = opts.request(prompt=opts.prompt)
+    if images:
+        body["images"] = images
     if opts.system:
         body["system"] = opts.system
     printer = ReplyPrinter(out, word_wrap=opts.word_wrap, hide_thinking=opts.hide_thinking)
@@ -472,8 +499,13 @@ def run_run(model: str, prompt: list[str], *, verbose: bool = False, format: str
         opts.think = infer_think(list(info.get("capabilities") or []), opts.think, think is not None)
         opts.apply_show(info)
         if not interactive:
+            from appliance.cli.attachments import ImageFileError
+
             try:
                 return generate_once(client, opts)
+            except ImageFileError as exc:
+                sys.stderr.write(f"Error: {exc}\n")
+                return 1
             except BrokenPipeError:  # `ollama run m q | head` closed our stdout
                 sys.stdout = open(os.devnull, "w")  # silence the flush at exit
                 return 0
