@@ -98,13 +98,14 @@ def _projector_rows(projector: dict[str, Any]) -> list[list[str]]:
     from appliance.store.gguf import parameter_size_label
 
     arch = str(projector.get("general.architecture") or "")
-    rows = [["architecture", arch]]
+    rows = [["architecture", arch]] if arch else []
     count = projector.get("general.parameter_count")
     if isinstance(count, int | float):
         rows.append(["parameters", parameter_size_label(int(count))])
-    for label, key in (("embedding length", "vision.embedding_length"),
-                       ("dimensions", "vision.projection_dim")):
-        value = projector.get(f"{arch}.{key}")
+    for label, key in (("embedding length", "embedding_length"), ("dimensions", "projection_dim")):
+        # a vision projector's keys, else an audio encoder's (Ollama looks for both)
+        values = (projector.get(f"{arch}.{modality}.{key}") for modality in ("vision", "audio"))
+        value = next((v for v in values if isinstance(v, int | float)), None)
         if value is not None:
             rows.append([label, _fmt_number(value)])
     return rows
