@@ -30,6 +30,7 @@ from appliance.store.local import Store
 from appliance.store.manifests import Layer, Manifest
 from appliance.store.model import read_config
 from appliance.store.names import Name, parse_name
+from appliance.store.split import SplitModel, is_shard, linked_shards, take_split_model
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +61,7 @@ class CreatePlan:
     extra_config: dict[str, str] = field(default_factory=dict)
     draft_info: GGUFInfo | None = None  # a new draft model's header (for the config's "draft" entry)
     safetensors: dict[str, str] | None = None  # a safetensors folder's files, converted by run_create
+    split: SplitModel | None = None  # a split GGUF's shards, merged into one model blob by run_create
 
 
 def _valid_rel_path(path: str) -> bool:
@@ -97,6 +99,9 @@ def _gguf_layers(store: Store, files: dict[str, str], adapters: bool) -> tuple[l
                 raise BadRequest("pytorch .bin checkpoints are not supported; import the model's "
                                  "safetensors or a GGUF") from exc
             raise InvalidGGUF(f"{filename}: {exc}") from exc
+        if is_shard(info, filename):  # plan_create takes a split model's shards out of 'files' first
+            raise BadRequest(f"split GGUF {filename!r}: only the model itself may be a split GGUF, not an "
+                             "adapter, a projector or a draft")
         if adapters:
             media_type = mf.MEDIA_ADAPTER
         elif info.architecture == "clip" or info.metadata.get("general.type") == "mmproj":
@@ -215,7 +220,16 @@ def plan_create(store: Store, req: Mapping[str, Any]) -> CreatePlan:
                 log.warning("importing %s: %s", plan.name.display, warning)
         plan.safetensors = dict(files)
     elif files:
-        plan.base_layers, plan.model_info = _gguf_layers(store, files, adapters=False)
+        plan.split, files = take_split_model(store.blobs, files)
+        if files:
+            plan.base_layers, plan.model_info = _gguf_layers(store, files, adapters=False)
+        if plan.split is not None:
+            if plan.model_info is not None:
+                raise BadRequest("more than one model GGUF given: a split GGUF's shards and another model")
+            # A stand-in for the merged blob, which run_create writes and puts in its place.
+            first = plan.split.first
+            plan.base_layers.insert(0, Layer(mf.MEDIA_MODEL, first.digest, plan.split.size))
+            plan.model_info = first.info
     else:
         raise BadRequest("neither 'from' or 'files' was specified")
     if adapters:
@@ -297,24 +311,52 @@ def _quantize(store: Store, plan: CreatePlan, layer: Layer, progress: Progress) 
     source_type = plan.model_info.file_type
     if source_type == plan.quantize:
         return layer
-    progress({"status": f"quantizing {source_type} model to {plan.quantize}", "digest": "0",
-              "total": layer.size, "completed": 0})
+    return _run_quantizer(store, plan, store.blobs.path(layer.digest), layer.size,
+                          str(QUANT_TYPES[plan.quantize]), progress)
+
+
+def _merge_split(store: Store, plan: CreatePlan, progress: Progress) -> Layer:
+    """The split model's shards as one model blob, quantized on the way when ``-q`` asks for it."""
+    assert plan.split and plan.model_info
+    target = plan.quantize if plan.quantize and plan.quantize != plan.model_info.file_type else None
+    with linked_shards(store.blobs, plan.split) as first_shard:
+        layer = _run_quantizer(store, plan, first_shard, plan.split.size,
+                               str(QUANT_TYPES[target]) if target else "copy", progress)
+    plan.split = None
+    return layer
+
+
+def _run_quantizer(store: Store, plan: CreatePlan, source: Path, size: int, ftype: str,
+                   progress: Progress) -> Layer:
+    """Rewrite ``source`` into a new model blob in the quantizer child: as llama.cpp file type
+    ``ftype``, or tensors unchanged with ``"copy"`` (a split GGUF merged)."""
+    assert plan.model_info
+    source_type = plan.model_info.file_type
+    if ftype == "copy":
+        status, what, failed = "merging split GGUF shards", "merging", "merging the split GGUF failed"
+    else:
+        status, what = f"quantizing {source_type} model to {plan.quantize}", f"quantizing to {plan.quantize}"
+        failed = "quantization failed"
+    progress({"status": status, "digest": "0", "total": size, "completed": 0})
     # The quantizer writes the blob's temp file itself.  It inherits the writer's descriptor, and with
     # it the temp file's lock, so a prune leaves the file alone for as long as the quantizer lives,
     # even if this server is killed meanwhile; the file then becomes the blob without a copy.
     with store.blobs.open_writer() as writer:
-        cmd = [*self_command(), "quantize-worker", str(store.blobs.path(layer.digest)),
-               str(writer.temp_path), str(QUANT_TYPES[plan.quantize])]
+        cmd = [*self_command(), "quantize-worker", str(source), str(writer.temp_path), ftype]
         proc = subprocess.run(cmd, capture_output=True, text=True, check=False, pass_fds=(writer.fileno(),))
         if proc.returncode != 0:
             if _nearly_full(store.blobs.blobs_dir):
                 # llama.cpp reports a failed write only as "iostream error", without the errno.
-                log.warning("no space left on device quantizing into %s", store.blobs.blobs_dir)
-                raise InsufficientStorage(f"{DISK_FULL_MESSAGE} (quantizing to {plan.quantize})")
-            tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
-            raise ApplianceError(f"quantization failed: {' '.join(tail) or proc.returncode}")
-        progress({"status": f"quantizing {source_type} model to {plan.quantize}", "digest": "0",
-                  "total": layer.size, "completed": layer.size})
+                log.warning("no space left on device %s into %s", what, store.blobs.blobs_dir)
+                raise InsufficientStorage(f"{DISK_FULL_MESSAGE} ({what})")
+            output = (proc.stderr or proc.stdout).replace(f"{source.parent}{os.sep}", "")  # no server paths
+            reasons = [line.split(_LLAMA_REFUSAL, 1)[1] for line in output.splitlines()
+                       if _LLAMA_REFUSAL in line]
+            if reasons and "iostream" not in reasons[-1]:  # llama.cpp could not read the model: bad input
+                raise BadRequest(f"{failed}: {reasons[-1].strip()[:500]}")
+            tail = " ".join(output.strip().splitlines()[-3:])
+            raise ApplianceError(f"{failed}: {tail[-500:] or proc.returncode}")
+        progress({"status": status, "digest": "0", "total": size, "completed": size})
         progress({"status": "verifying conversion"})
         info = read_gguf(writer.temp_path, max_array=0)
         writer.adopt_contents()
@@ -324,6 +366,9 @@ def _quantize(store: Store, plan: CreatePlan, layer: Layer, progress: Progress) 
     plan.base_config = {k: v for k, v in plan.base_config.items() if k != "file_type"}
     return Layer(mf.MEDIA_MODEL, digest, size)
 
+
+#: How llama.cpp's quantizer logs the reason it gave up (an exception's message).
+_LLAMA_REFUSAL = "failed to quantize: "
 
 #: A failed write leaves less than this free (file systems allocate in blocks of at most this size).
 _FULL_BELOW_BYTES = 1 << 20
@@ -366,7 +411,10 @@ def run_create(store: Store, plan: CreatePlan, progress: Progress, *, prune: boo
         plan.safetensors = None
     progress({"status": "reading model metadata" if plan.from_name else "parsing GGUF"})
     quantized: dict[str, Layer] = {}
-    if plan.quantize:
+    if plan.split is not None:  # merged, and quantized when asked, in one pass over the shards
+        stand_in = plan.split.first.digest
+        quantized[stand_in] = _merge_split(store, plan, progress)
+    elif plan.quantize:
         for layer in plan.base_layers:
             if layer.media_type == mf.MEDIA_MODEL:
                 quantized[layer.digest] = _quantize(store, plan, layer, progress)
