@@ -52,6 +52,7 @@ def vision_server(tmp_path_factory: pytest.TempPathFactory, smollm2_gguf: Path,
     (pics / "a cat.png").write_bytes(png(1))
     (pics / "b.png").write_bytes(png(2))
     (pics / "notes.png").write_text("not a picture\n")
+    (pics / "broken.png").write_bytes(png(3)[:200])  # a PNG's signature, then nothing: the server refuses it
     (pics / "folder.png").mkdir()
     yield server
     server.stop()
@@ -203,6 +204,19 @@ def test_repl_load_switches_image_paths_on_and_off(vision_server: Server, count:
         count.chat([{"role": "user", "content": f"Describe {missing}"}]),
         count.chat([{"role": "user", "content": "Describe", "images": [_b64(png(1))]}]),
     ]
+
+
+def test_repl_goes_on_when_the_server_refuses_an_image(vision_server: Server, count: Counter,
+                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    broken = vision_server.home / "my pics" / "broken.png"
+    session = _repl(vision_server, MODEL, "/set verbose", f"Describe {broken}", "Hello")
+    captured = capsys.readouterr()
+    assert f"Added image '{broken}'\n" in captured.err
+    [error] = [line for line in captured.out.splitlines() if line.startswith("error: ")]
+    assert "image" in error
+    # the refused message was dropped, so the next turn is not refused again
+    assert [m["role"] for m in session.opts.messages] == ["user", "assistant"]
+    assert _prompt_counts(captured.err) == [count.chat([{"role": "user", "content": "Hello"}])]
 
 
 @pytest.mark.skipif(shutil.which("tmux") is None, reason="needs tmux (scripts/test-deps.sh installs it)")
