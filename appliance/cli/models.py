@@ -141,14 +141,36 @@ def _local_file(value: str, base_dir: Path) -> Path | None:
     return candidate if candidate.exists() else None
 
 
+def _with_split_siblings(path: Path) -> list[Path]:
+    """A GGUF named as the first of llama.cpp's split shards (``name-00001-of-00003.gguf``) and its
+    siblings, found by that naming pattern; any other file alone.  (Our extension: upstream's client
+    takes a split GGUF only as the folder that holds it.)"""
+    from appliance.store.split import parse_split_name, split_name
+
+    named = parse_split_name(path.name)
+    if named is None or named[2] == 1:
+        return [path]
+    prefix, index, count = named
+    if index != 1:
+        raise SystemExit(f"Error: {path.name} is shard {index} of {count} of a split GGUF; FROM takes the "
+                         f"first shard ({split_name(prefix, 1, count)}) or the folder that holds them")
+    shards = [path.with_name(split_name(prefix, i, count)) for i in range(1, count + 1)]
+    missing = [shard.name for shard in shards if not shard.is_file()]
+    if missing:
+        shown = ", ".join(missing[:3]) + (" ..." if len(missing) > 3 else "")
+        raise SystemExit(f"Error: split GGUF {path.name} is incomplete: {len(missing)} of its {count} shards "
+                         f"are not next to it ({shown})")
+    return shards
+
+
 def _upload(client: Client, path: Path, status: StatusPrinter) -> dict[str, str]:
-    """Hash and upload a local GGUF, every GGUF in a folder, or a safetensors model folder (its weights,
-    JSON files, tokenizer.model and chat templates, as upstream's client sends them); return
-    {file name: digest}."""
+    """Hash and upload a local GGUF (with its sibling shards when it is the first of a split GGUF),
+    every GGUF in a folder, or a safetensors model folder (its weights, JSON files, tokenizer.model
+    and chat templates, as upstream's client sends them); return {file name: digest}."""
     from appliance.store.blobs import digest_of_file
 
     if not path.is_dir():
-        files = [path]
+        files = _with_split_siblings(path)
     elif any(path.glob("*.safetensors")):
         files = sorted(f for pattern in ("*.safetensors", "*.json", "tokenizer.model", "*.jinja")
                        for f in path.glob(pattern) if f.is_file())
