@@ -15,8 +15,10 @@ import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
+from functools import partial
+from pathlib import Path
 from typing import Any
 
 import trio
@@ -27,6 +29,7 @@ from appliance.engine.process import LoadOptions, RunnerProcess
 from appliance.engine.speculative import MAX_DRAFT_TOKENS
 from appliance.errors import ApplianceError, InvalidGGUF, RunnerError, ServerBusy
 from appliance.store.gguf import GGUFInfo, read_gguf
+from appliance.store.gguf_compat import assess, translated_copy
 from appliance.store.model import Model
 
 log = logging.getLogger("appliance.scheduler")
@@ -120,6 +123,8 @@ class Scheduler:
         self._closing = trio.Event()
         self._stopped = trio.Event()
         self._gguf_cache: OrderedDict[str, GGUFInfo] = OrderedDict()
+        self._loadable: dict[str, str] = {}  # blob path -> what llama.cpp loads (itself or a translation)
+        self._translate_lock = trio.Lock()
         self.memory_available = memory_available  # replaceable, for tests of memory-driven eviction
 
     # -- life cycle -----------------------------------------------------------------------------
@@ -235,6 +240,25 @@ class Scheduler:
         self._gguf_cache.move_to_end(key)
         return info
 
+    async def _loadable_path(self, path: str, info: GGUFInfo) -> str:
+        """The blob itself, or the translated copy llama.cpp can load (see store/gguf_compat.py), checked
+        before any runner is spawned; a layout llama.cpp cannot run raises UnsupportedModel (400)."""
+        known = self._loadable.get(path)
+        if known is not None and (known == path or os.path.exists(known)):
+            return known
+        verdict = assess(info)
+        verdict.check()
+        if verdict.action == "load":
+            self._loadable[path] = path
+            return path
+        async with self._translate_lock:  # one copy at a time; a second request finds it written
+            log.info("%s", verdict.message)
+            copy = partial(translated_copy, Path(path), self.cfg.models_dir,
+                           check_cancelled=trio.from_thread.check_cancelled)
+            loadable = await trio.to_thread.run_sync(copy)
+        self._loadable[path] = str(loadable)
+        return str(loadable)
+
     # -- use ------------------------------------------------------------------------------------
 
     @asynccontextmanager
@@ -316,6 +340,7 @@ class Scheduler:
     async def _get(self, model: Model, options: dict[str, Any]) -> Loaded:
         info = await self.gguf(model)
         wanted = self.load_options(model, options, info)
+        wanted = replace(wanted, model_path=await self._loadable_path(wanted.model_path, info))
         found = self._find(model, wanted)
         if found is not None:
             return found

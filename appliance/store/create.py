@@ -278,6 +278,10 @@ def plan_create(store: Store, req: Mapping[str, Any]) -> CreatePlan:
         value = _str_field(req, key)
         if value:
             plan.extra_config[key] = value
+    if plan.model_info is not None:  # a layout llama.cpp cannot run is refused now, not at first use
+        from appliance.store.gguf_compat import assess
+
+        assess(plan.model_info).check()
     return plan
 
 
@@ -410,6 +414,12 @@ def run_create(store: Store, plan: CreatePlan, progress: Progress, *, prune: boo
         plan.base_layers.insert(0, layer)
         plan.safetensors = None
     progress({"status": "reading model metadata" if plan.from_name else "parsing GGUF"})
+    if plan.model_info is not None:
+        from appliance.store.gguf_compat import assess
+
+        verdict = assess(plan.model_info)
+        if verdict.action == "translate":
+            progress({"status": f"note: {verdict.message}"})
     quantized: dict[str, Layer] = {}
     if plan.split is not None:  # merged, and quantized when asked, in one pass over the shards
         stand_in = plan.split.first.digest

@@ -39,8 +39,9 @@ from appliance.store.distribution import (
     check_protocol,
     load_credentials,
 )
+from appliance.store.gguf_compat import llama_cpp_note
 from appliance.store.local import Store
-from appliance.store.manifests import Manifest, StoredManifest
+from appliance.store.manifests import MEDIA_MODEL, Manifest, StoredManifest
 from appliance.store.names import Name
 from appliance.store.transfer import (
     Downloads,
@@ -138,6 +139,13 @@ async def pull(store: Store, name: Name, insecure: bool, progress: Progress, *,
         async with task_group() as nursery:
             for digest, size in blobs.items():
                 nursery.start_soon(downloads.fetch, client, store, digest, size, reporter(digest))
+    # Stored even when llama.cpp cannot run it here, as upstream stores it: the folder is shared with
+    # real Ollama and a later version may run it.  The warning says so now, not at the first chat.
+    weights = manifest.first(MEDIA_MODEL)
+    if weights is not None:
+        note = await trio.to_thread.run_sync(llama_cpp_note, store.blobs.path(weights.digest))
+        if note:
+            progress({"status": note})
     progress({"status": "verifying sha256 digest"})
     # Every blob was hashed as it arrived and renamed only when it matched; what is left to check is
     # that nothing removed, replaced or truncated one since: write_manifest_bytes checks that under
