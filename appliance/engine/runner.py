@@ -84,6 +84,10 @@ class Slot:
     matched_stop: str | None = None  # the stop string that ended the reply, reported in "done"
     n_drafted: int = 0  # draft tokens the target checked for this request
     n_accepted: int = 0  # ... and agreed with
+    top_logprobs: int = -1  # -1: no logprobs; else alternatives per token (0-20), see Runner._logprob
+    logprobs_held: list[tuple[int, dict[str, Any]]] = field(default_factory=list)  # (end, entry), unsent
+    n_chars: int = 0  # characters decoded for this request so far (tracked only with logprobs) ...
+    n_sent: int = 0  # ... and sent to the server
 
     @property
     def busy(self) -> bool:
@@ -356,6 +360,7 @@ class Runner:
         if not isinstance(opts, dict):
             raise BadRequestError("options must be an object")
         opts = {**opts, **predict_limits(opts, self.n_ctx_slot, self.n_vocab)}
+        top_logprobs = _top_logprobs(cmd)
         media: list[Item] | None = cmd.get("prompt_items")
         tokens: list[Item] = media if media is not None else cast("list[Item]", self.tokenize(
             cmd.get("prompt", ""), bool(cmd.get("add_special", True))))
@@ -415,12 +420,17 @@ class Runner:
         slot.truncated = truncated
         slot.matched_stop = None
         slot.n_drafted = slot.n_accepted = 0
+        slot.top_logprobs, slot.logprobs_held, slot.n_chars, slot.n_sent = top_logprobs, [], 0, 0
 
     def _finish(self, slot: Slot, reason: str, events: list[dict[str, Any]]) -> None:
         now = time.perf_counter()
         tail = slot.held + slot.decoder.decode(b"", final=True)
-        if tail and reason != "cancel":
+        held = [entry for _, entry in slot.logprobs_held]  # a stop sequence's tokens too: count = eval_count
+        if (tail or held) and reason != "cancel":
             events.append({"id": slot.request_id, "event": "token", "text": tail})
+            if held:
+                events[-1]["logprobs"] = held
+        slot.logprobs_held = []
         prompt_done = slot.t_prompt_done or now
         events.append(
             {
@@ -555,7 +565,7 @@ class Runner:
                 token = self._sample_constrained(slot, idx)
             else:
                 token = llama.llama_sampler_sample(slot.sampler, self.ctx, idx)
-            self._emit(slot, token, events)
+            self._emit(slot, token, events, idx)
         self.send_many(events)
 
     def _set_threads(self, threads: int) -> None:
@@ -620,7 +630,7 @@ class Runner:
             if j < len(drafted):
                 slot.n_drafted += 1
                 slot.n_accepted += agreed
-            self._emit(slot, token, events)
+            self._emit(slot, token, events, idx + j)  # the target's logits at this position: exact logprobs
             if not agreed or not slot.busy:
                 break
             slot.cached.append(token)  # its KV entry came with the check
@@ -680,12 +690,16 @@ class Runner:
         llama.llama_sampler_accept(slot.sampler, token)
         return token
 
-    def _emit(self, slot: Slot, token: int, events: list[dict[str, Any]]) -> None:
+    def _emit(self, slot: Slot, token: int, events: list[dict[str, Any]], idx: int) -> None:
+        """Output for the token sampled from the logits of batch row ``idx``."""
         if self.llama.llama_vocab_is_eog(self.vocab, token):
             self._finish(slot, "stop", events)
             return
         slot.n_predicted += 1
-        text = slot.held + slot.decoder.decode(self.piece(token))
+        piece = self.piece(token)
+        text = slot.held + slot.decoder.decode(piece)
+        if slot.top_logprobs >= 0:
+            self._hold_logprob(slot, self._logprob(slot, token, piece, idx), len(text) - len(slot.held))
         if slot.stops:
             for stop in slot.stops:
                 at = text.find(stop)
@@ -700,11 +714,51 @@ class Runner:
             slot.held = ""
         if text:
             events.append({"id": slot.request_id, "event": "token", "text": text})
+            if slot.top_logprobs >= 0:
+                self._release_logprobs(slot, events[-1])
         limit = self._predict_limit(slot)
         if 0 <= limit <= slot.n_predicted:
             self._finish(slot, "length", events)
             return
         slot.last_token = token
+
+    # -- logprobs (only for requests that ask: the path without them computes nothing) ------------
+    #
+    # An entry travels with its token's text: in the token event that sends the last character the
+    # token helped to write.  Text held back (a possible stop sequence, or the first bytes of a
+    # character split over tokens) keeps its entries back too, so a streamed chunk carries the entries
+    # of exactly the tokens that wrote it; entries of a matched stop sequence's tokens go with the last
+    # event, whose text may be empty, so that a reply has one entry per token of eval_count.
+
+    def _logprob(self, slot: Slot, token: int, piece: bytes, idx: int) -> dict[str, Any]:
+        """Upstream's entry for ``token``: log-softmax of the model's raw logits at batch row ``idx`` (the
+        distribution before penalties, temperature, truncation or a grammar, as llama-server reports it),
+        plus the ``slot.top_logprobs`` most likely tokens, most likely first (lower id first on ties)."""
+        import numpy as np
+
+        raw = self.llama.llama_get_logits_ith(self.ctx, idx)
+        logits = np.ctypeslib.as_array(raw, shape=(self.n_vocab,)).astype(np.float64)
+        peak = logits.max()
+        logsum = peak + np.log(np.exp(logits - peak).sum())
+        entry = _token_logprob(piece, logits[token] - logsum)
+        k = min(slot.top_logprobs, self.n_vocab)
+        if k > 0:
+            ids = np.argpartition(-logits, k - 1)[:k]
+            ids = ids[np.lexsort((ids, -logits[ids]))]
+            entry["top_logprobs"] = [_token_logprob(self.piece(int(i)), logits[i] - logsum) for i in ids]
+        return entry
+
+    def _hold_logprob(self, slot: Slot, entry: dict[str, Any], n_new_chars: int) -> None:
+        slot.n_chars += n_new_chars
+        partial = bool(slot.decoder.getstate()[0])  # bytes of a character still to come: it ends later
+        slot.logprobs_held.append((slot.n_chars + partial, entry))
+
+    def _release_logprobs(self, slot: Slot, event: dict[str, Any]) -> None:
+        slot.n_sent += len(event["text"])
+        n_done = sum(1 for end, _ in slot.logprobs_held if end <= slot.n_sent)
+        if n_done:
+            event["logprobs"] = [entry for _, entry in slot.logprobs_held[:n_done]]
+            del slot.logprobs_held[:n_done]
 
     def _predict_limit(self, slot: Slot) -> int:
         limit = int(slot.options["num_predict"])
@@ -857,6 +911,25 @@ class BadRequestError(ValueError):
 def _debug(text: str) -> None:
     """A line for the server's debug log (it logs the runner's stderr at debug level)."""
     sys.stderr.write(f"runner: {text}\n")
+
+
+def _top_logprobs(cmd: dict[str, Any]) -> int:
+    """-1 when a completion wants no logprobs, else how many alternatives each token's entry lists."""
+    if not cmd.get("logprobs"):
+        return -1
+    top = cmd.get("top_logprobs") or 0
+    if not isinstance(top, int) or isinstance(top, bool) or not 0 <= top <= protocol.MAX_TOP_LOGPROBS:
+        raise BadRequestError(f"top_logprobs must be between 0 and {protocol.MAX_TOP_LOGPROBS}")
+    return top
+
+
+def _token_logprob(piece: bytes, logprob: float) -> dict[str, Any]:
+    """``{"token", "logprob", "bytes"}``: the token's text (U+FFFD for the part of a character it holds)
+    and its own bytes, which a client joins to rebuild characters split over tokens."""
+    entry: dict[str, Any] = {"token": piece.decode("utf-8", "replace"), "logprob": float(logprob)}
+    if piece:
+        entry["bytes"] = list(piece)
+    return entry
 
 
 def _partial_stop_suffix(text: str, stops: tuple[str, ...]) -> int:

@@ -19,6 +19,7 @@ from appliance import envconfig
 from appliance.api.images import Image
 from appliance.api.options import validate_options
 from appliance.engine.grammar import format_grammar
+from appliance.engine.protocol import MAX_TOP_LOGPROBS
 from appliance.engine.scheduler import Loaded, Scheduler
 from appliance.errors import BadRequest
 from appliance.prompt import render
@@ -48,6 +49,8 @@ class Generation:
     context: list[int] | None = None
     tools: list[dict[str, Any]] | None = None
     format: Any = None  # None | "json" | JSON schema dict
+    logprobs: bool = False  # a logprobs entry per generated token (Chunk.logprobs) ...
+    top_logprobs: int = 0  # ... listing this many most likely alternatives (0-20)
     options: dict[str, Any] = field(default_factory=dict)
     keep_alive_s: float | None = None
     think: bool | str | None = None
@@ -65,6 +68,7 @@ class Chunk:
     metrics: dict[str, Any] = field(default_factory=dict)
     context: list[int] | None = None
     stop_sequence: str | None = None  # the one of Generation.stop_sequences that ended the reply
+    logprobs: list[dict[str, Any]] = field(default_factory=list)  # entries of the tokens of this chunk
 
 
 async def resolve_model(store: Store, name: Any) -> Model:
@@ -95,6 +99,20 @@ def parse_keep_alive(value: Any) -> float | None:
             raise BadRequest(f"invalid keep_alive duration {value!r}") from exc
         return float("inf") if seconds < 0 else seconds
     raise BadRequest("keep_alive must be a duration or a number of seconds")
+
+
+def logprob_options(logprobs: Any, top_logprobs: Any) -> tuple[bool, int]:
+    """``logprobs`` and ``top_logprobs`` of a native request, checked as upstream does (the range even
+    when logprobs are not asked for)."""
+    if logprobs is not None and not isinstance(logprobs, bool):
+        raise BadRequest("logprobs must be a boolean")
+    if top_logprobs is None:
+        top_logprobs = 0
+    if not isinstance(top_logprobs, int) or isinstance(top_logprobs, bool):
+        raise BadRequest("top_logprobs must be an integer")
+    if not 0 <= top_logprobs <= MAX_TOP_LOGPROBS:
+        raise BadRequest(f"top_logprobs must be between 0 and {MAX_TOP_LOGPROBS}")
+    return bool(logprobs), top_logprobs
 
 
 def check_format(fmt: Any) -> Any:
@@ -259,6 +277,8 @@ async def generate(gen: Generation, scheduler: Scheduler) -> AsyncIterator[Chunk
         request["prompt"] = prompt
         if grammar is not None:
             request["grammar"] = grammar
+        if gen.logprobs:
+            request.update(logprobs=True, top_logprobs=gen.top_logprobs)
         template = gen.template or gen.model.template or info.chat_template or ""
         thinking = ThinkingParser() if gen.think else None
         tools = ToolCallParser(gen.tools, template) if gen.tools else None
@@ -272,7 +292,8 @@ async def generate(gen: Generation, scheduler: Scheduler) -> AsyncIterator[Chunk
                 text = str(event.get("text", ""))
                 generated.append(text)
                 chunk = _parse(text, thinking, tools)
-                if chunk.content or chunk.thinking or chunk.tool_calls:
+                chunk.logprobs = event.get("logprobs") or []  # sent even while a parser holds their text
+                if chunk.content or chunk.thinking or chunk.tool_calls or chunk.logprobs:
                     yield chunk
             elif event.get("event") == "done":
                 tail = _flush(thinking, tools)
