@@ -113,8 +113,11 @@ def _think(value: Any) -> bool | str | None:
 
 
 async def _gen_common(body: dict[str, Any]) -> Generation:
+    logprobs, top_logprobs = inference.logprob_options(body.get("logprobs"), body.get("top_logprobs"))
     model = await inference.resolve_model(get_store(), body.get("model") or body.get("name"))
     return Generation(
+        logprobs=logprobs,
+        top_logprobs=top_logprobs,
         model=model,
         options=inference.merged_options(model, body.get("options")),
         keep_alive_s=inference.parse_keep_alive(body.get("keep_alive")),
@@ -146,7 +149,10 @@ async def _respond(gen: Generation, body: dict[str, Any], shape: Any) -> Respons
 
     async def events() -> AsyncIterator[dict[str, Any]]:
         async for chunk in inference.generate(gen, scheduler):
-            yield shape(name, chunk)
+            obj = shape(name, chunk)
+            if chunk.logprobs:
+                obj["logprobs"] = chunk.logprobs
+            yield obj
 
     if stream_flag(body):
         return await _stream(events())
@@ -177,7 +183,10 @@ async def _stream(events: AsyncIterator[dict[str, Any]]) -> Response:
 
 
 def _merge(acc: dict[str, Any], obj: dict[str, Any]) -> dict[str, Any]:
-    out = {**acc, **{k: v for k, v in obj.items() if k not in ("message", "response", "thinking")}}
+    pieces = ("message", "response", "thinking", "logprobs")
+    out = {**acc, **{k: v for k, v in obj.items() if k not in pieces}}
+    if obj.get("logprobs"):
+        out["logprobs"] = (acc.get("logprobs") or []) + obj["logprobs"]
     if "message" in acc:
         message = dict(acc["message"])
         new = obj.get("message") or {}
