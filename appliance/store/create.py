@@ -279,9 +279,15 @@ def plan_create(store: Store, req: Mapping[str, Any]) -> CreatePlan:
         if value:
             plan.extra_config[key] = value
     if plan.model_info is not None:  # a layout llama.cpp cannot run is refused now, not at first use
-        from appliance.store.gguf_compat import assess
+        from appliance.errors import UnsupportedModel
+        from appliance.store.gguf_compat import LLAMA_CPP_ARCHITECTURES, assess
 
-        assess(plan.model_info).check()
+        verdict = assess(plan.model_info)
+        verdict.check()
+        if (plan.quantize and plan.quantize != plan.model_info.file_type
+                and verdict.architecture not in LLAMA_CPP_ARCHITECTURES):  # llama.cpp's quantizer loads it
+            raise UnsupportedModel(f"cannot quantize architecture '{verdict.architecture}' here; "
+                                   f"{verdict.message}")
     return plan
 
 

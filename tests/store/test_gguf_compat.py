@@ -159,3 +159,18 @@ def test_a_translated_copy_whose_blob_is_gone_is_removed(tmp_path: Path) -> None
     translated_copy(second, models)
     assert not old_copy.exists()
     assert len(list(cache_dir(models).iterdir())) == 1
+
+
+def test_create_refuses_a_refused_layout_and_a_quantize_llama_cpp_cannot_do(tmp_path: Path) -> None:
+    from appliance.store import create as creating
+    from appliance.store.local import Store
+
+    store = Store(tmp_path / "models")
+    unknown, _, _ = store.blobs.put_file(write_header_only(tmp_path / "x.gguf", "ollamaonly"))
+    with pytest.raises(UnsupportedModel, match="model architecture 'ollamaonly' is not supported"):
+        creating.plan_create(store, {"model": "x", "files": {"x.gguf": unknown}})
+    gptoss, _, _ = store.blobs.put_file(write_ollama_gptoss(tmp_path / "gptoss.gguf"))
+    request = {"model": "g", "files": {"gptoss.gguf": gptoss}}
+    assert creating.plan_create(store, request).model_info is not None  # translated when it loads
+    with pytest.raises(UnsupportedModel, match="cannot quantize architecture 'gptoss' here; model family 'gpt-oss'"):
+        creating.plan_create(store, {**request, "quantize": "q8_0"})
