@@ -55,6 +55,12 @@ STEP_MICRO_BATCHES = 4
 MAX_CONTEXT_WINDOWS = 4
 #: GBNF text the runner accepts; the server's schema conversion stays far below it.
 MAX_GRAMMAR_CHARS = 1 << 20
+#: Upstream's answers (400) for a prompt longer than the context with ``truncate: false``, and with
+#: ``shift: false`` (it cuts an over-long prompt only by a context shift).
+INPUT_TOO_LONG = "the input length exceeds the context length"
+PROMPT_TOO_LONG = ("the prompt is longer than the context length currently available to the model; "
+                   "shorten the prompt, adjust the context length in settings, or use a model with a "
+                   "longer context length")
 
 
 @dataclass
@@ -80,6 +86,7 @@ class Slot:
     t_prompt_done: float = 0.0
     cancelled: bool = False
     truncated: bool = False
+    shift: bool = True  # at a full context, drop old tokens and go on (else stop with "length")
     last_used: float = 0.0
     matched_stop: str | None = None  # the stop string that ended the reply, reported in "done"
     n_drafted: int = 0  # draft tokens the target checked for this request
@@ -374,6 +381,10 @@ class Runner:
         if media is not None and len(keys) > limit:  # truncating would cut images or the text about them
             raise BadRequestError(f"the prompt and its images take {len(keys)} tokens, more than the "
                                   f"context allows ({limit}); send fewer images or raise num_ctx")
+        if len(keys) > limit and cmd.get("truncate") is False:
+            raise BadRequestError(INPUT_TOO_LONG)
+        if len(keys) > limit and cmd.get("shift") is False:  # as upstream: truncating is a context shift
+            raise BadRequestError(PROMPT_TOO_LONG)
         slot = self._pick_slot(keys)
         if slot is None:
             self.waiting.append(cmd)
@@ -418,6 +429,7 @@ class Runner:
         slot.t_prompt_done = 0.0
         slot.cancelled = False
         slot.truncated = truncated
+        slot.shift = cmd.get("shift") is not False
         slot.matched_stop = None
         slot.n_drafted = slot.n_accepted = 0
         slot.top_logprobs, slot.logprobs_held, slot.n_chars, slot.n_sent = top_logprobs, [], 0, 0
@@ -498,7 +510,7 @@ class Runner:
         for slot in self.slots:
             if not slot.busy or slot.last_token is None:
                 continue
-            if len(slot.cached) + 1 >= self.n_ctx_slot and not self._shift_context(slot):
+            if len(slot.cached) + 1 >= self.n_ctx_slot and not (slot.shift and self._shift_context(slot)):
                 self._finish(slot, "length", events)
                 continue
             generating.append(slot)
@@ -792,7 +804,7 @@ class Runner:
                 raise BadRequestError("cannot embed an empty input")
             if len(tokens) > limit:
                 if not cmd.get("truncate", True):
-                    raise BadRequestError("the input length exceeds the context length")
+                    raise BadRequestError(INPUT_TOO_LONG)
                 tokens = tokens[:limit]
             total += len(tokens)
             llama.llama_memory_clear(llama.llama_get_memory(ctx), True)

@@ -56,6 +56,8 @@ class Generation:
     think: bool | str | None = None
     want_context: bool = False
     stop_sequences: list[str] = field(default_factory=list)  # the caller's own, reported when hit
+    truncate: bool = True  # a prompt longer than num_ctx loses old messages/tokens (False: a 400)
+    shift: bool = True  # a full context drops old tokens and generation goes on (False: done "length")
 
 
 @dataclass
@@ -99,6 +101,15 @@ def parse_keep_alive(value: Any) -> float | None:
             raise BadRequest(f"invalid keep_alive duration {value!r}") from exc
         return float("inf") if seconds < 0 else seconds
     raise BadRequest("keep_alive must be a duration or a number of seconds")
+
+
+def context_flags(gen: Generation, body: dict[str, Any]) -> None:
+    """``truncate`` and ``shift`` of /api/generate and /api/chat: booleans, true when absent or null."""
+    for key in ("truncate", "shift"):
+        value = body.get(key)
+        if value is not None and not isinstance(value, bool):
+            raise BadRequest(f"{key} must be a boolean")
+        setattr(gen, key, value is not False)
 
 
 def logprob_options(logprobs: Any, top_logprobs: Any) -> tuple[bool, int]:
@@ -209,7 +220,8 @@ async def _render_off_loop(gen: Generation, info: GGUFInfo, messages: Sequence[d
 
 
 async def build_prompt(gen: Generation, info: GGUFInfo, loaded: Loaded) -> str:
-    """The prompt text, dropping the oldest non-system messages until it fits in num_ctx."""
+    """The prompt text, dropping the oldest non-system messages until it fits in num_ctx (unless the
+    request says ``truncate: false``: then the runner refuses a prompt that does not fit)."""
     if gen.messages is None:  # /api/generate
         prompt = gen.prompt or ""
         if gen.raw:
@@ -226,6 +238,8 @@ async def build_prompt(gen: Generation, info: GGUFInfo, loaded: Loaded) -> str:
     messages = _chat_messages(gen)
     text = await _render_off_loop(gen, info, messages)
     limit = loaded.context_length
+    if not gen.truncate:  # the whole conversation or nothing: the runner answers a 400 if it does not fit
+        return text
     if len(text) < limit:  # fewer characters than tokens allowed: it fits, no need to count
         return text
     n = await _count(loaded, text)
@@ -270,6 +284,7 @@ async def generate(gen: Generation, scheduler: Scheduler) -> AsyncIterator[Chunk
             async for event in loaded.runner.request({"op": "detokenize", "tokens": gen.context}):
                 prompt = str(event.get("text", "")) + prompt
         request: dict[str, Any] = {"op": "completion", "options": gen.options}
+        request.update(truncate=gen.truncate, shift=gen.shift)
         if decoded:
             prompt, sent = image_prompt.place(prompt, decoded)
             if sent:
