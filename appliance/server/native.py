@@ -232,6 +232,7 @@ def _generate_shape(name: str, chunk: Chunk) -> dict[str, Any]:
 async def chat() -> Any:
     body = await read_json()
     gen = await _gen_common(body)
+    inference.context_flags(gen, body)
     gen.messages = _check_messages(body.get("messages"))
     gen.tools = _check_tools(body.get("tools"))
     if not gen.messages:
@@ -243,6 +244,7 @@ async def chat() -> Any:
 async def generate() -> Any:
     body = await read_json()
     gen = await _gen_common(body)
+    inference.context_flags(gen, body)
     for key in ("prompt", "suffix", "system", "template"):
         if body.get(key) is not None and not isinstance(body[key], str):
             raise BadRequest(f"{key} must be a string")
