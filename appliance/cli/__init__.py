@@ -30,6 +30,7 @@ Available Commands:
   ps          List running models
   cp          Copy a model
   rm          Remove a model
+  doctor      Check this machine's setup and say how to fix what is wrong
   help        Help about any command
 
 Flags:
@@ -40,7 +41,8 @@ Use "ollama [command] --help" for more information about a command.
 """
 
 #: Public commands, in the order of the help text (pinned by a test).
-COMMANDS = ("serve", "create", "show", "run", "stop", "pull", "push", "list", "ps", "cp", "rm", "help")
+COMMANDS = ("serve", "create", "show", "run", "stop", "pull", "push", "list", "ps", "cp", "rm", "doctor",
+            "help")
 ALIASES = {"ls": "list", "start": "serve", "delete": "rm"}
 
 
@@ -189,6 +191,15 @@ def _cmd_rm(argv: Sequence[str]) -> int:
     return run_remove(parser.parse_args(argv).models)
 
 
+def _cmd_doctor(argv: Sequence[str]) -> int:
+    from appliance.cli.doctor import run_doctor
+
+    parser = _parser("doctor", "Check the OS, CPU, GPUs and drivers, the service, the models folder and the "
+                     "port; exit status 1 when a check fails")
+    parser.add_argument("--json", action="store_true", help="Print the checks as JSON")
+    return run_doctor(as_json=parser.parse_args(argv).json)
+
+
 def _cmd_help(argv: Sequence[str]) -> int:
     if argv and argv[0] in HANDLERS and argv[0] != "help":
         return HANDLERS[argv[0]](["--help"])
@@ -248,6 +259,7 @@ HANDLERS: dict[str, Callable[[Sequence[str]], int]] = {
     "ps": _cmd_ps,
     "cp": _cmd_cp,
     "rm": _cmd_rm,
+    "doctor": _cmd_doctor,
     "help": _cmd_help,
     "quantize-worker": _cmd_quantize_worker,  # internal: run by the server in a child process
     "convert-safetensors": _cmd_convert_safetensors,  # internal: the server converts an import in a child
