@@ -13,7 +13,7 @@ import logging
 import os
 import time
 from collections import OrderedDict
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
@@ -40,6 +40,16 @@ FOREVER = datetime(2318, 1, 1, tzinfo=UTC)
 MAX_KEEP_ALIVE_S = (2**63 - 1) / 1e9
 #: Parsed GGUF headers kept (each holds its vocabulary: ~5-30 MiB of strings); older ones are re-read.
 GGUF_CACHE_ENTRIES = 4
+#: Upstream's automatic num_ctx by the GPUs' total VRAM (less OLLAMA_GPU_OVERHEAD each): 256k from 47 GiB,
+#: 32k from 23 GiB (a little under 48 and 24: cards report a little less), else 4k, as on a CPU alone.
+CONTEXT_TIERS = ((47 << 30, 262144), (23 << 30, 32768), (0, 4096))
+
+
+def automatic_context_length(gpus: Sequence[gpu.GpuInfo], gpu_overhead_bytes: int = 0) -> int:
+    """The context length a model gets when neither the request, its Modelfile nor
+    OLLAMA_CONTEXT_LENGTH sets one (the model's trained context caps it when it loads)."""
+    vram = sum(max(0, g.total_bytes - gpu_overhead_bytes) for g in gpus)
+    return next(ctx for floor, ctx in CONTEXT_TIERS if vram >= floor)
 
 
 @dataclass(eq=False)
@@ -135,6 +145,7 @@ class Scheduler:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
                 task_status.started()
+                log.info("default context length %d", self.default_context_length)
                 await self._closing.wait()
                 # Runners first, while their tasks still run: each is asked to exit and given
                 # RUNNER_STOP_GRACE_S; only then is anything cancelled (which kills what is left).
@@ -166,11 +177,18 @@ class Scheduler:
 
     # -- options --------------------------------------------------------------------------------
 
+    @property
+    def default_context_length(self) -> int:
+        """num_ctx unless the request or the model sets it: OLLAMA_CONTEXT_LENGTH, else by VRAM."""
+        if self.cfg.context_length:
+            return self.cfg.context_length
+        gpus = self.system.gpus if self.system else ()
+        return automatic_context_length(gpus, self.cfg.gpu_overhead_bytes)
+
     def load_options(self, model: Model, options: dict[str, Any], info: GGUFInfo) -> LoadOptions:
         """Runner options for a request: request options > model PARAMETERs > server defaults."""
         merged = {**model.parameters, **options}
-        default_ctx = self.cfg.context_length or 4096
-        num_ctx = int(merged.get("num_ctx") or default_ctx)
+        num_ctx = int(merged.get("num_ctx") or self.default_context_length)
         trained = info.context_length or num_ctx
         if num_ctx > trained:
             log.warning(
