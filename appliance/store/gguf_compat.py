@@ -365,7 +365,7 @@ def _pad_sections(h: _Header, src: str, dst: str) -> None:
 
 def _qwen25vl(h: _Header) -> None:
     h.set_arch("qwen2vl")
-    _pad_sections(h, "qwen25vl.rope.mrope_section", "qwen2vl.rope.dimension_sections")
+    _pad_sections(h, "qwen2vl.rope.mrope_section", "qwen2vl.rope.dimension_sections")  # keys moved above
     h.drop_tensors("v.", "mm.")
 
 

@@ -4,13 +4,21 @@ the translated copy (header rewritten, tensor data byte for byte, blob untouched
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from appliance.errors import UnsupportedModel
 from appliance.store.gguf import GGUFInfo, read_gguf
-from appliance.store.gguf_compat import RULES_VERSION, assess, cache_dir, llama_cpp_note, translated_copy
+from appliance.store.gguf_compat import (
+    LLAMA_CPP_ARCHITECTURES,
+    RULES_VERSION,
+    assess,
+    cache_dir,
+    llama_cpp_note,
+    translated_copy,
+)
 from tests.fixtures.ollama_layouts import with_embedded_tower, write_header_only, write_ollama_gptoss
 from tests.fixtures.tiny_gguf import write_tiny_llama
 
@@ -174,3 +182,163 @@ def test_create_refuses_a_refused_layout_and_a_quantize_llama_cpp_cannot_do(tmp_
     assert creating.plan_create(store, request).model_info is not None  # translated when it loads
     with pytest.raises(UnsupportedModel, match="cannot quantize architecture 'gptoss' here; model family 'gpt-oss'"):
         creating.plan_create(store, {**request, "quantize": "q8_0"})
+
+
+# Each translating rule on a header written with the markers Ollama's files carry: (arch, keys, numpy
+# tensor shapes, what the translation must hold).  GGUF shapes are the numpy shapes reversed.
+LAYOUTS: dict[str, tuple[str, dict, dict, Callable[[GGUFInfo], None]]] = {}
+
+
+def _layout(name: str, arch: str, keys: dict, tensors: dict) -> Callable[[Callable[[GGUFInfo], None]], None]:
+    def register(check: Callable[[GGUFInfo], None]) -> None:
+        LAYOUTS[name] = (arch, keys, tensors, check)
+    return register
+
+
+@_layout("olmo3", "olmo3", {"olmo3.attention.sliding_window": 4096}, {"token_embd.weight": (16, 8)})
+def _olmo3(out: GGUFInfo) -> None:
+    assert out.architecture == "olmo2"
+    assert out.metadata["olmo2.attention.sliding_window"] == 4096 and "olmo3.block_count" not in out.metadata
+
+
+@_layout("qwen25vl", "qwen25vl", {"qwen25vl.rope.mrope_section": [16, 24, 24]},
+         {"token_embd.weight": (16, 8), "v.patch_embd.weight": (8, 8), "mm.0.weight": (8, 8)})
+def _qwen25vl(out: GGUFInfo) -> None:
+    assert out.architecture == "qwen2vl"
+    assert out.metadata["qwen2vl.rope.dimension_sections"] == [16, 24, 24, 0]
+    assert [t.name for t in out.tensors] == ["token_embd.weight"]
+
+
+@_layout("qwen3vl", "qwen3vl", {"qwen3vl.vision.deepstack_visual_indexes": [8, 16, 24]},
+         {"token_embd.weight": (16, 8), "v.blk.0.attn_qkv.weight": (24, 8)})
+def _qwen3vl(out: GGUFInfo) -> None:
+    assert out.metadata["qwen3vl.rope.dimension_sections"] == [24, 20, 20, 0]
+    assert out.metadata["qwen3vl.n_deepstack_layers"] == 3
+    assert [t.name for t in out.tensors] == ["token_embd.weight"]
+
+
+@_layout("embeddinggemma", "gemma3", {"gemma3.attention.causal": False},
+         {"token_embd.weight": (16, 8), "norm.weight": (8,), "dense.0.weight": (24, 8), "dense.1.weight": (8, 24)})
+def _embeddinggemma(out: GGUFInfo) -> None:
+    assert out.architecture == "gemma-embedding"
+    assert "gemma-embedding.attention.causal" not in out.metadata
+    assert (out.metadata["gemma-embedding.dense_2_feat_in"], out.metadata["gemma-embedding.dense_2_feat_out"]) == (8, 24)
+    assert (out.metadata["gemma-embedding.dense_3_feat_in"], out.metadata["gemma-embedding.dense_3_feat_out"]) == (24, 8)
+    assert {t.name for t in out.tensors} == {"token_embd.weight", "output_norm.weight", "dense_2.weight", "dense_3.weight"}
+
+
+@_layout("gemma3n", "gemma3n", {"tokenizer.ggml.tokens": ["<0x0A>", "<unused0>", *(f"t{i}" for i in range(18))],
+                                "tokenizer.ggml.token_type": [1] * 20, "tokenizer.ggml.eos_token_ids": [1]},
+         {"token_embd.weight": (20, 8), "per_layer_token_embd.weight": (16, 8)})
+def _gemma3n(out: GGUFInfo) -> None:
+    assert next(t for t in out.tensors if t.name == "token_embd.weight").shape == (8, 16)
+    assert len(out.metadata["tokenizer.ggml.tokens"]) == 16
+    assert out.metadata["tokenizer.ggml.token_type"][:3] == [6, 1, 1]  # <0x0A> is a byte token
+    assert out.metadata["tokenizer.ggml.eos_token_ids"] == [1, 106]
+    assert out.metadata["tokenizer.ggml.model"] == "llama"
+
+
+@_layout("gemma4", "gemma4", {"tokenizer.ggml.model": "llama"},
+         {"token_embd.weight": (16, 8), "a.conv1d.0.weight": (8, 8), "v.patch_embd.weight": (8, 8)})
+def _gemma4(out: GGUFInfo) -> None:
+    assert out.metadata["tokenizer.ggml.model"] == "gemma4"
+    assert [t.name for t in out.tensors] == ["token_embd.weight"]
+
+
+@_layout("mistral3", "mistral3", {"mistral3.rope.scaling.beta_fast": 32.0, "mistral3.rope.scaling_beta": 0.1,
+                                  "tokenizer.ggml.pre": "default"},
+         {"token_embd.weight": (16, 8), "v.patch_conv.weight": (8, 8)})
+def _mistral3(out: GGUFInfo) -> None:
+    assert out.metadata["mistral3.rope.scaling.yarn_beta_fast"] == 32.0
+    assert out.metadata["mistral3.attention.temperature_scale"] == 0.1
+    assert out.metadata["tokenizer.ggml.pre"] == "tekken"
+    assert [t.name for t in out.tensors] == ["token_embd.weight"]
+
+
+@_layout("llama4", "llama4", {}, {"token_embd.weight": (16, 8), "v.patch_embedding.weight": (8, 8)})
+def _llama4(out: GGUFInfo) -> None:
+    assert out.architecture == "llama4" and [t.name for t in out.tensors] == ["token_embd.weight"]
+
+
+@_layout("lfm2", "lfm2", {"lfm2.feed_forward_length": 12288},
+         {"token_embd.weight": (16, 8), "output_norm.weight": (8,), "blk.0.ffn_gate.weight": (12, 8)})
+def _lfm2(out: GGUFInfo) -> None:
+    assert {t.name for t in out.tensors} == {"token_embd.weight", "token_embd_norm.weight", "blk.0.ffn_gate.weight"}
+    assert out.metadata["lfm2.feed_forward_length"] == 12
+    assert out.metadata["tokenizer.ggml.pre"] == "lfm2"
+
+
+@_layout("laguna", "laguna", {"laguna.rope.swa.dimension_count": 64},
+         {"token_embd.weight": (16, 8), "blk.0.attn_g.weight": (8, 8)})
+def _laguna(out: GGUFInfo) -> None:
+    assert out.metadata["laguna.rope.dimension_count_swa"] == 64
+    assert {t.name for t in out.tensors} == {"token_embd.weight", "blk.0.attn_gate.weight"}
+
+
+@_layout("deepseekocr", "deepseekocr", {},
+         {"token_embd.weight": (16, 8), "blk.1.ffn_down_exps.weight": (2, 8, 4), "blk.1.ffn_down_shexp.weight": (8, 8),
+          "s.blk.0.attn.weight": (8, 8), "v.blk.0.attn.weight": (8, 8), "mm.layers.weight": (8, 8)})
+def _deepseekocr(out: GGUFInfo) -> None:
+    assert out.architecture == "deepseek2-ocr"
+    assert out.metadata["deepseek2-ocr.expert_feed_forward_length"] == 4
+    assert out.metadata["deepseek2-ocr.expert_shared_count"] == 2
+    assert out.metadata["deepseek2-ocr.attention.layer_norm_rms_epsilon"] == 1e-06
+    assert not [t for t in out.tensors if t.name.startswith(("s.", "v.", "mm."))]
+
+
+@_layout("glm4moelite", "glm4moelite", {"glm4moelite.attention.key_length": 256, "glm4moelite.attention.head_count_kv": 20,
+                                        "glm4moelite.attention.kv_lora_rank": 512, "glm4moelite.rope.dimension_count": 64,
+                                        "tokenizer.ggml.eos_token_ids": [1, 5, 7]},
+         {"token_embd.weight": (16, 8)})
+def _glm4moelite(out: GGUFInfo) -> None:
+    md = out.metadata
+    assert out.architecture == "deepseek2" and md["deepseek2.attention.head_count_kv"] == 1
+    assert (md["deepseek2.attention.key_length"], md["deepseek2.attention.value_length"]) == (576, 512)
+    assert (md["deepseek2.attention.key_length_mla"], md["deepseek2.attention.value_length_mla"]) == (256, 256)
+    assert (md["tokenizer.ggml.eot_token_id"], md["tokenizer.ggml.eom_token_id"]) == (5, 7)
+    assert md["deepseek2.expert_group_count"] == 1
+
+
+@_layout("nemotron_h_omni", "nemotron_h_omni", {"nemotron_h_omni.expert_count": 8, "nemotron_h_omni.vision.block_count": 4},
+         {"token_embd.weight": (16, 8), "blk.1.ffn_latent_in.weight": (4, 8), "a.blk.0.w.weight": (8, 8),
+          "v.blk.0.w.weight": (8, 8), "mtp.0.w.weight": (8, 8)})
+def _nemotron_h_omni(out: GGUFInfo) -> None:
+    assert out.architecture == "nemotron_h_moe"
+    assert out.metadata["nemotron_h_moe.expert_count"] == 8 and "nemotron_h_moe.vision.block_count" not in out.metadata
+    assert out.metadata["nemotron_h_moe.moe_latent_size"] == 4
+    assert {t.name for t in out.tensors} == {"token_embd.weight", "blk.1.ffn_latent_down.weight"}
+
+
+@_layout("snowflake-arctic-embed2", "bert", {"tokenizer.ggml.model": "t5",
+                                             "tokenizer.ggml.precompiled_charsmap": list("AQL/")},
+         {"token_embd.weight": (16, 8)})
+def _snowflake(out: GGUFInfo) -> None:
+    assert out.metadata["tokenizer.ggml.precompiled_charsmap"] == [1, 2, 255]
+
+
+@pytest.mark.parametrize("layout", sorted(LAYOUTS))
+def test_each_translating_rule_writes_what_llama_cpp_expects(layout: str, tmp_path: Path) -> None:
+    arch, keys, tensors, check = LAYOUTS[layout]
+    models = tmp_path / "models"
+    blob = _blob(models, write_header_only(tmp_path / f"{layout}.gguf", arch, keys, tensors))
+    verdict = assess(read_gguf(blob, max_array=0))
+    assert verdict.action == "translate", verdict
+    src, out = read_gguf(blob), read_gguf(translated_copy(blob, models))
+    check(out)
+    assert out.architecture in LLAMA_CPP_ARCHITECTURES
+    assert _tensor_bytes(translated_copy(blob, models), out, "token_embd.weight")[:64] == \
+        _tensor_bytes(blob, src, "token_embd.weight")[:64]
+
+
+@pytest.mark.parametrize(("arch", "keys", "tensors", "family"), [
+    ("glmocr", {}, {"token_embd.weight": (16, 8)}, "glm-ocr"),
+    ("gemma4", {}, {"token_embd.weight": (16, 8), "blk.0.ffn_gate_exps.weight": (2, 8, 8), "v.patch_embd.weight": (8, 8)},
+     "gemma4"),
+    ("qwen35moe", {}, {"token_embd.weight": (16, 8), "mtp.0.w.weight": (8, 8)}, "qwen3.5"),
+])
+def test_layouts_that_need_tensor_data_rewritten_are_refused(arch: str, keys: dict, tensors: dict, family: str,
+                                                             tmp_path: Path) -> None:
+    verdict = assess(read_gguf(write_header_only(tmp_path / "m.gguf", arch, keys, tensors), max_array=0))
+    assert verdict.action == "refuse"
+    assert verdict.message.startswith(f"model family '{family}' (architecture '{arch}')")
+    assert "tensor data rewritten" in verdict.message
