@@ -4,6 +4,6 @@ __version__ = "0.1.0"
 
 #: The Ollama release whose API this server speaks. Clients gate features on /api/version
 #: (tools, thinking, structured output), so the server reports this, not our own version.
-OLLAMA_COMPAT_VERSION = "0.12.0"
+OLLAMA_COMPAT_VERSION = "0.12.3"
 
 __all__ = ["OLLAMA_COMPAT_VERSION", "__version__"]

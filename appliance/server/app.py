@@ -24,7 +24,7 @@ from appliance.engine import gpu
 from appliance.engine.process import RUNNER_STOP_GRACE_S
 from appliance.engine.scheduler import Scheduler
 from appliance.errors import ApplianceError, public_message
-from appliance.server import anthropic, bodies, connections, models, native, openai, transfer
+from appliance.server import anthropic, bodies, cloud, connections, models, native, openai, transfer
 from appliance.server import openapi as openapi_doc
 from appliance.server.requests import body_left_unread
 from appliance.store.local import Store
@@ -65,6 +65,7 @@ def create_app(cfg: envconfig.Config, store: Store | None = None) -> QuartTrio:
     app.register_blueprint(anthropic.bp)
     app.register_blueprint(transfer.bp)
     app.register_blueprint(openapi_doc.bp)
+    app.register_blueprint(cloud.bp)
 
     @app.before_serving
     async def startup() -> None:
@@ -93,6 +94,8 @@ def create_app(cfg: envconfig.Config, store: Store | None = None) -> QuartTrio:
         if request.method == "OPTIONS":
             return _cors(Response(b"", status=204))
         return None
+
+    app.before_request(cloud.refuse_cloud_models)  # after the guard: a refused Host gets no body read
 
     @app.after_request
     async def add_cors(response: Response) -> Response:

@@ -7,6 +7,7 @@ runs in a worker thread.
 from __future__ import annotations
 
 import functools
+import logging
 import os
 from typing import Any
 
@@ -22,11 +23,16 @@ from appliance.store import create as creating
 from appliance.store.blobs import BlobWriter, parse_digest, translate_disk_full
 from appliance.store.gguf import model_info, read_gguf
 from appliance.store.local import Store
-from appliance.store.model import Model, capabilities
+from appliance.store.manifests import StoredManifest
+from appliance.store.model import Model, capabilities, details_from_config, read_config
 from appliance.store.modelfile import render_modelfile
 from appliance.store.names import parse_name
 
 bp = Blueprint("models", __name__)
+log = logging.getLogger(__name__)
+
+#: What upstream's /api/show answers as the template of a model without a TEMPLATE layer.
+DEFAULT_TEMPLATE = "{{ .Prompt }}"
 
 #: Blob uploads are written in chunks of this size, one thread hop each.
 UPLOAD_CHUNK = 4 << 20
@@ -49,20 +55,42 @@ async def version() -> dict[str, Any]:
 
 
 def _list_models(store: Store) -> list[dict[str, Any]]:
-    from appliance.store.model import details_from_config, read_config
-
     out = []
     for stored in store.list():
-        config = read_config(store.blobs, stored.manifest)
-        out.append({
+        entry: dict[str, Any] = {
             "name": stored.name.display,
             "model": stored.name.display,
             "modified_at": stored.modified_at.isoformat(),
             "size": stored.manifest.size,
             "digest": stored.digest,
-            "details": details_from_config(config, stored.manifest).to_json(),
-        })
+        }
+        entry["details"], capabilities_ = _list_details(store, stored)
+        if capabilities_:
+            entry["capabilities"] = capabilities_
+        out.append(entry)
     return out
+
+
+def _list_details(store: Store, stored: StoredManifest) -> tuple[dict[str, Any], list[str]]:
+    """``details`` of an /api/tags entry, with the context and embedding lengths, and the capabilities.
+
+    As upstream: the config's lengths first (a remote model's), else the GGUF's; a model whose layers
+    cannot be read is still listed, without them.
+    """
+    config = read_config(store.blobs, stored.manifest)
+    details = details_from_config(config, stored.manifest).to_json()
+    try:
+        model = store.get(stored.name)
+        info = read_gguf(model.model_path, max_array=0) if model.model_path is not None else None
+    except (ApplianceError, OSError, ValueError) as exc:
+        log.warning("model %s: cannot read its layers for the list: %s", stored.name.display, exc)
+        return details, []
+    for key, from_gguf in (("context_length", info.context_length if info else None),
+                           ("embedding_length", info.embedding_length if info else None)):
+        value = config.get(key) or from_gguf
+        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+            details[key] = value
+    return details, capabilities(model, info)
 
 
 @bp.get("/api/tags")
@@ -70,8 +98,10 @@ async def tags() -> dict[str, Any]:
     return {"models": await trio.to_thread.run_sync(_list_models, get_store())}
 
 
-def _show(store: Store, name_text: str, verbose: bool) -> dict[str, Any]:
+def _show(store: Store, name_text: str, verbose: bool, system: str | None = None) -> dict[str, Any]:
+    """Upstream's ShowResponse; ``system`` (ShowRequest.system) replaces the model's in the answer."""
     model = store.get(parse_name(name_text), as_typed=name_text)
+    system = system or model.system
     # Without verbose every non-empty array shows as null: step over them instead of building them.
     info = None
     if model.model_path is not None:
@@ -80,13 +110,13 @@ def _show(store: Store, name_text: str, verbose: bool) -> dict[str, Any]:
     out: dict[str, Any] = {}
     if model.license:
         out["license"] = "\n".join(model.license)
-    out["modelfile"] = _modelfile_of(model)
+    out["modelfile"] = _modelfile_of(model, system)
     if model.parameters:
         out["parameters"] = format_parameters(model.parameters)
-    if model.template:
-        out["template"] = model.template
-    if model.system:
-        out["system"] = model.system
+    # Upstream always answers a template: its default, for a model without a TEMPLATE layer.
+    out["template"] = model.template if model.template is not None else DEFAULT_TEMPLATE
+    if system:
+        out["system"] = system
     for key in ("renderer", "parser", "requires"):
         if model.config.get(key):
             out[key] = model.config[key]
@@ -107,11 +137,14 @@ def _show(store: Store, name_text: str, verbose: bool) -> dict[str, Any]:
     return out
 
 
-def _modelfile_of(model: Model) -> str:
+def _modelfile_of(model: Model, system: str | None) -> str:
     return render_modelfile(
         from_=str(model.model_path) if model.model_path else model.name.display,
         template=model.template,
-        system=model.system,
+        system=system,
+        renderer=str(model.config.get("renderer") or "") or None,
+        parser=str(model.config.get("parser") or "") or None,
+        requires=str(model.config.get("requires") or "") or None,
         parameters=model.parameters,
         adapters=[str(p) for p in model.adapter_paths],
         draft=str(model.draft_path) if model.draft_path else None,
@@ -129,8 +162,13 @@ async def show() -> dict[str, Any]:
     if not name:
         raise BadRequest("model is required")
     name = require_str(body, "model" if "model" in body else "name")
-    verbose = bool(body.get("verbose", False))
-    return await trio.to_thread.run_sync(_show, get_store(), name, verbose)
+    verbose = body.get("verbose", False)
+    if verbose is not None and not isinstance(verbose, bool):
+        raise BadRequest("verbose must be a boolean")
+    system = body.get("system")
+    if system is not None and not isinstance(system, str):
+        raise BadRequest("system must be a string")
+    return await trio.to_thread.run_sync(_show, get_store(), name, bool(verbose), system)
 
 
 @bp.post("/api/copy")

@@ -50,6 +50,8 @@ def _check_messages(messages: Any) -> list[dict[str, Any]]:
     for i, msg in enumerate(messages):
         if not isinstance(msg, dict):
             raise BadRequest(f"messages[{i}] must be an object")
+        if isinstance(msg.get("role"), str):  # upstream lower-cases every role as it reads a message
+            msg["role"] = msg["role"].lower()
         if msg.get("role") not in ROLES:
             raise BadRequest(
                 f"messages[{i}]: invalid role {msg.get('role')!r}; use system, user, assistant or tool"
@@ -253,8 +255,6 @@ async def generate() -> Any:
     gen.system = body.get("system")
     gen.template = body.get("template") or None
     gen.raw = bool(body.get("raw", False))
-    if gen.raw and (gen.template or gen.system):
-        gen.template = gen.system = None
     context = body.get("context")
     if context is not None:
         if not isinstance(context, list) or not all(
@@ -262,6 +262,8 @@ async def generate() -> Any:
         ):
             raise BadRequest("context must be a list of token ids")  # the runner checks them against n_vocab
         gen.context = context
+    if gen.raw and (gen.template or gen.system or context):
+        raise BadRequest("raw mode does not support template, system, or context")  # as upstream
     _check_images(body.get("images"), "generate")
     gen.images = body.get("images") or None
     gen.want_context = not gen.raw

@@ -287,12 +287,14 @@ def render_modelfile(
     draft: str | None = None,
     renderer: str | None = None,
     parser: str | None = None,
+    requires: str | None = None,
 ) -> str:
     """The Modelfile ``ollama show --modelfile`` prints, in Ollama's order.
 
     ``header_name`` (the model's short name) adds Ollama's comment header; ``template=None`` and an
     empty ``system`` are left out. Parameters come sorted by name (Ollama's order is a Go map's, random),
-    one line per ``stop`` value. REQUIRES is not written, as Ollama does not write it either.
+    one line per ``stop`` value. REQUIRES is written after PARSER, so the text builds the same model
+    again (Ollama leaves it out, but its parser reads it).
     """
     lines = []
     if header_name is not None:
@@ -315,6 +317,8 @@ def render_modelfile(
         lines.append(f"RENDERER {quote_value(renderer)}")
     if parser:
         lines.append(f"PARSER {quote_value(parser)}")
+    if requires:
+        lines.append(f"REQUIRES {quote_value(requires)}")
     for name, value in sorted((parameters or {}).items()):
         for item in value if isinstance(value, list | tuple) else [value]:
             lines.append(f"PARAMETER {name} {quote_value(parameter_text(name, item))}")

@@ -48,7 +48,9 @@ def test_list_cli_and_api(server):
         models = http.get("/api/tags").json()["models"]
     entry = next(m for m in models if m["name"] == "smollm2:135m")
     assert entry["details"] == {"parent_model": "", "format": "gguf", "family": "llama", "families": ["llama"],
-                                "parameter_size": "134.52M", "quantization_level": "Q4_1"}
+                                "parameter_size": "134.52M", "quantization_level": "Q4_1",
+                                "context_length": 8192, "embedding_length": 576}
+    assert entry["capabilities"] == ["completion", "tools"]
     manifest_path = server.models / "manifests/registry.ollama.ai/library/smollm2/135m"
     assert entry["digest"] == hashlib.sha256(manifest_path.read_bytes()).hexdigest()
     assert row.split()[1] == entry["digest"][:12]
