@@ -205,6 +205,7 @@ class Reply:
     content: str = ""
     thinking: str = ""
     tool_calls: list[dict[str, Any]] = field(default_factory=list)
+    logprobs: list[dict[str, Any]] = field(default_factory=list)
     final: Chunk = field(default_factory=lambda: Chunk(done=True, done_reason="stop"))
 
 
@@ -214,6 +215,7 @@ async def collect(gen: Generation) -> Reply:
         reply.content += chunk.content
         reply.thinking += chunk.thinking
         reply.tool_calls += chunk.tool_calls
+        reply.logprobs += chunk.logprobs
         if chunk.done:
             reply.final = chunk
     return reply

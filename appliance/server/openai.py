@@ -46,7 +46,7 @@ def _error_frame(exc: ApplianceError) -> bytes:
 @bp.post("/v1/chat/completions")
 async def chat_completions() -> Any:
     body = await read_json()
-    oc.refuse_logprobs(body)
+    logprobs, top_logprobs = oc.chat_logprobs(body)
     sampling = oc.sampling(body, ("max_completion_tokens", "max_tokens"))
     stops = compat.stop_list(body, "stop")
     stream = bool(compat.boolean(body, "stream"))
@@ -56,7 +56,8 @@ async def chat_completions() -> Any:
     think = oc.think(body)
     model = await compat.model_for(body)
     gen = Generation(model=model, messages=messages, tools=tools, format=inference.check_format(fmt),
-                     options=compat.options_for(model, sampling, stops), think=think)
+                     options=compat.options_for(model, sampling, stops), think=think, logprobs=logprobs,
+                     top_logprobs=top_logprobs)
     if stream:
         return await compat.sse_response(_chat_frames(gen, body["model"], usage_wanted), _error_frame)
     reply = await compat.collect(gen)
@@ -69,7 +70,7 @@ async def chat_completions() -> Any:
     return {
         "id": oc.new_id("chatcmpl"), "object": "chat.completion", "created": oc.now(), "model": body["model"],
         "system_fingerprint": oc.SYSTEM_FINGERPRINT,
-        "choices": [{"index": 0, "message": message, "logprobs": None,
+        "choices": [{"index": 0, "message": message, "logprobs": oc.chat_logprobs_out(reply.logprobs),
                      "finish_reason": oc.finish_reason(reply.final, bool(reply.tool_calls))}],
         "usage": oc.usage(reply.final.metrics),
     }
@@ -99,7 +100,8 @@ async def _chat_frames(gen: Generation, model: str, usage_wanted: bool) -> Async
             delta["tool_calls"] = oc.tool_calls_out(chunk.tool_calls, n_calls, stream=True)
             n_calls += len(chunk.tool_calls)
         first = False
-        choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": None}
+        choice = {"index": 0, "delta": delta, "logprobs": oc.chat_logprobs_out(chunk.logprobs),
+                  "finish_reason": None}
         yield compat.sse_frame({**head, "choices": [choice], **tail})
 
 
@@ -113,7 +115,7 @@ async def completions() -> Any:
         raise FieldError("'echo' is not supported by this server.", "echo", "unsupported_parameter")
     if body.get("best_of") not in (None, 1):
         raise FieldError("'best_of' is not supported by this server.", "best_of", "unsupported_parameter")
-    oc.refuse_logprobs(body)
+    logprobs, top_logprobs = oc.completion_logprobs(body)
     prompt = body.get("prompt")
     if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], str):
         prompt = prompt[0]
@@ -127,13 +129,15 @@ async def completions() -> Any:
     usage_wanted = bool((compat.mapping(body, "stream_options") or {}).get("include_usage"))
     model = await compat.model_for(body)
     options = compat.options_for(model, sampling, stops)
-    gen = Generation(model=model, prompt=prompt, suffix=suffix, options=options)
+    gen = Generation(model=model, prompt=prompt, suffix=suffix, options=options, logprobs=logprobs,
+                     top_logprobs=top_logprobs)
     if stream:
         return await compat.sse_response(_completion_frames(gen, body["model"], usage_wanted), _error_frame)
     reply = await compat.collect(gen)
     return {
         **_completion_head(body["model"]),
-        "choices": [{"text": reply.content, "index": 0, "logprobs": None,
+        "choices": [{"text": reply.content, "index": 0,
+                     "logprobs": oc.CompletionLogprobs().shape(reply.logprobs),
                      "finish_reason": oc.finish_reason(reply.final, False)}],
         "usage": oc.usage(reply.final.metrics),
     }
@@ -146,9 +150,11 @@ def _completion_head(model: str) -> dict[str, Any]:
 
 async def _completion_frames(gen: Generation, model: str, usage_wanted: bool) -> AsyncIterator[bytes]:
     head = _completion_head(model)
+    logprobs = oc.CompletionLogprobs()
     async for chunk in inference.generate(gen, get_scheduler()):
         reason = oc.finish_reason(chunk, False) if chunk.done else None
-        choice = {"text": chunk.content, "index": 0, "logprobs": None, "finish_reason": reason}
+        choice = {"text": chunk.content, "index": 0, "logprobs": logprobs.shape(chunk.logprobs),
+                  "finish_reason": reason}
         yield compat.sse_frame({**head, "choices": [choice], **({"usage": None} if usage_wanted else {})})
         if chunk.done:
             if usage_wanted:

@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import base64
 import binascii
+import codecs
 import json
 import secrets
 import time
 from typing import Any
 
+from appliance.engine.protocol import MAX_TOP_LOGPROBS
 from appliance.errors import ApplianceError, ModelNotFound
 from appliance.server import compat
 from appliance.server.compat import FieldError
@@ -85,6 +87,62 @@ def think(body: dict[str, Any]) -> bool | str | None:
 def refuse_logprobs(body: dict[str, Any], key: str = "logprobs") -> None:
     if body.get(key) not in (None, False, 0) or body.get("top_logprobs") not in (None, 0):
         raise FieldError(f"'{key}' is not supported by this server.", key, "unsupported_parameter")
+
+
+def _top_logprobs(body: dict[str, Any], key: str) -> int:
+    top = compat.integer(body, key, minimum=0) or 0
+    if top > MAX_TOP_LOGPROBS:
+        raise FieldError(f"Invalid value for '{key}': must be between 0 and {MAX_TOP_LOGPROBS}, got {top}.",
+                         key, "invalid_value")
+    return top
+
+
+def chat_logprobs(body: dict[str, Any]) -> tuple[bool, int]:
+    """Chat's ``logprobs`` (a boolean) and ``top_logprobs`` (0-20), as Ollama maps them: top_logprobs
+    without logprobs asks for nothing."""
+    return bool(compat.boolean(body, "logprobs")), _top_logprobs(body, "top_logprobs")
+
+
+def completion_logprobs(body: dict[str, Any]) -> tuple[bool, int]:
+    """The legacy ``logprobs`` (an integer, 0-20): the number of alternatives; as in Ollama, 0 asks for
+    nothing."""
+    top = _top_logprobs(body, "logprobs")
+    return top > 0, top
+
+
+def chat_logprobs_out(entries: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """A choice's ``logprobs``: ``{"content": [{token, logprob, bytes, top_logprobs}], "refusal": null}``."""
+    if not entries:
+        return None
+
+    def one(entry: dict[str, Any]) -> dict[str, Any]:
+        return {"token": entry["token"], "logprob": entry["logprob"], "bytes": entry.get("bytes")}
+
+    return {"content": [{**one(e), "top_logprobs": [one(t) for t in e.get("top_logprobs") or ()]}
+                        for e in entries], "refusal": None}
+
+
+class CompletionLogprobs:
+    """The legacy completions' ``logprobs`` (``tokens``, ``token_logprobs``, ``top_logprobs`` as
+    ``{token: logprob}``, ``text_offset``), chunk after chunk: each token's character offset in the
+    completion's text comes from the bytes before it, so a character split over tokens counts once."""
+
+    def __init__(self) -> None:
+        self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        self._chars = 0
+
+    def shape(self, entries: list[dict[str, Any]]) -> dict[str, Any] | None:
+        if not entries:
+            return None
+        out: dict[str, list[Any]] = {key: [] for key in ("tokens", "token_logprobs", "top_logprobs",
+                                                          "text_offset")}
+        for entry in entries:
+            out["tokens"].append(entry["token"])
+            out["token_logprobs"].append(entry["logprob"])
+            out["top_logprobs"].append({t["token"]: t["logprob"] for t in entry.get("top_logprobs") or ()})
+            out["text_offset"].append(self._chars)
+            self._chars += len(self._decoder.decode(bytes(entry.get("bytes") or ())))
+        return out
 
 
 def image_from_url(url: Any, where: str) -> str:

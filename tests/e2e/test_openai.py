@@ -253,7 +253,7 @@ def test_unknown_model_is_a_404_in_openai_shape(client, server):
     ({"messages": []}, "messages"),
     ({"messages": QUESTION, "max_tokens": "ten"}, "max_tokens"),
     ({"messages": QUESTION, "stop": 5}, "stop"),
-    ({"messages": QUESTION, "logprobs": True}, "logprobs"),
+    ({"messages": QUESTION, "logprobs": True, "top_logprobs": 21}, "top_logprobs"),
     ({"messages": QUESTION, "n": 2}, "n"),
     ({"messages": [{"role": "wizard", "content": "hi"}]}, "messages[0].role"),
     ({"messages": QUESTION, "tool_choice": "required"}, "tool_choice"),
