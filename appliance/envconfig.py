@@ -213,13 +213,14 @@ class Config:
             "Address to listen on and for clients to reach (default 127.0.0.1:11434)",
         ),
     )
-    #: 0 = automatic: 4096, or 32768 / 262144 with at least 24 / 48 GiB of VRAM in total.
+    #: 0 = automatic (scheduler.automatic_context_length): 4096, or 32768 / 262144 with at least 24 / 48
+    #: GiB of VRAM in total; the model's trained context caps either.
     context_length: int = field(
         default=0,
         metadata=_var(
             "OLLAMA_CONTEXT_LENGTH",
             _Env.whole,
-            "Default context window (default 4096; more with 24+ GiB VRAM)",
+            "Default context length (default: 4k/32k/256k by total VRAM, 4k on CPU)",
         ),
     )
     keep_alive_s: float = field(
