@@ -134,5 +134,9 @@ class Client:
         """POST /api/chat; a streamed reply, closed early by closing the iterator."""
         return self.stream("POST", "/api/chat", body)
 
+    def embed(self, body: dict[str, Any]) -> dict[str, Any]:
+        """POST /api/embed."""
+        return dict(self._request("POST", "/api/embed", json=body).json())
+
     def ps(self) -> builtins.list[dict[str, Any]]:  # plain `list` here would mean Client.list
         return list(self._request("GET", "/api/ps").json().get("models") or [])

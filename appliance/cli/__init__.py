@@ -141,12 +141,19 @@ def _cmd_run(argv: Sequence[str]) -> int:
     parser.add_argument("--think", nargs="?", const="true", metavar="string",
                         help="Enable thinking mode: true/false or high/medium/low for supported models")
     parser.add_argument("--verbose", action="store_true", help="Show timings for response")
+    parser.add_argument("--dimensions", type=int, default=0, metavar="int",
+                        help="Embedding models only: cut each embedding to this many dimensions")
+    parser.add_argument("--truncate", nargs="?", const="true", metavar="bool",
+                        help="Embedding models only: cut input longer than the context (the default); "
+                             "--truncate=false makes it an error")
     _env_epilog(parser, "OLLAMA_EDITOR", "OLLAMA_HOST", "OLLAMA_NOHISTORY")
-    args = parser.parse_intermixed_args(_cobra_style(argv, takes_value=("--format", "--keepalive"),
-                                                     optional_value={"--think": "true"}))
+    args = parser.parse_intermixed_args(_cobra_style(
+        argv, takes_value=("--format", "--keepalive", "--dimensions"),
+        optional_value={"--think": "true", "--truncate": "true"}))
     return run_run(args.model, args.prompt, verbose=args.verbose, format=args.format,
                    keepalive=args.keepalive, think=args.think, hide_thinking=args.hidethinking,
-                   no_word_wrap=args.nowordwrap, insecure=args.insecure)
+                   no_word_wrap=args.nowordwrap, insecure=args.insecure, dimensions=args.dimensions,
+                   truncate=args.truncate)
 
 
 def _cmd_stop(argv: Sequence[str]) -> int:

@@ -241,11 +241,9 @@ def build_create_request(model: str, modelfile_path: Path, quantize: str | None,
     if adapters:
         body["adapters"] = adapters
     body.update(_draft_fields(fields.get("drafts") or [], local, base_dir, client, status))
-    for key in ("template", "system", "parameters", "messages", "requires"):
+    for key in ("template", "system", "renderer", "parser", "parameters", "messages", "requires", "license"):
         if fields.get(key):
             body[key] = fields[key]
-    if fields.get("license"):
-        body["license"] = fields["license"]
     if quantize:
         body["quantize"] = quantize
     return body

@@ -470,8 +470,10 @@ def display_stored_messages(messages: list[dict[str, Any]], word_wrap: bool) -> 
 
 def run_run(model: str, prompt: list[str], *, verbose: bool = False, format: str = "",
             keepalive: str | None = None, think: str | None = None, hide_thinking: bool = False,
-            no_word_wrap: bool = False, insecure: bool = False) -> int:
-    """``ollama run``: one answer when a prompt is given or piped in, else the interactive REPL.
+            no_word_wrap: bool = False, insecure: bool = False, dimensions: int = 0,
+            truncate: str | None = None) -> int:
+    """``ollama run``: one answer when a prompt is given or piped in, else the interactive REPL; the
+    vector of the input, for an embedding model (``dimensions`` and ``truncate`` are for those).
 
     ``think`` is None when ``--think`` was not given; ``insecure`` is for the pull step, once it exists.
     """
@@ -496,6 +498,11 @@ def run_run(model: str, prompt: list[str], *, verbose: bool = False, format: str
     with Client() as client:
         ensure_model(client, model, insecure)
         info = client.show(model)
+        if "embedding" in (info.get("capabilities") or []):
+            from appliance.cli.embedding import embed_once, truncate_flag
+
+            return embed_once(client, model, opts.prompt, keep_alive=opts.keep_alive,
+                              truncate=truncate_flag(truncate), dimensions=dimensions)
         opts.think = infer_think(list(info.get("capabilities") or []), opts.think, think is not None)
         opts.apply_show(info)
         if not interactive:
