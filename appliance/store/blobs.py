@@ -110,6 +110,17 @@ class BlobWriter:
         self._hash.update(data)
         self.size += len(data)
 
+    def flush(self) -> None:
+        """Hand what was written to the OS, so that a reader of :attr:`temp_path` sees it."""
+        assert self._file is not None, "flush after commit/abort"
+        with translate_disk_full(self._store.blobs_dir):
+            self._file.flush()
+
+    @property
+    def digest(self) -> str:
+        """The ``sha256:`` digest of the bytes written so far (checked before a commit is even tried)."""
+        return "sha256:" + self._hash.hexdigest()
+
     def adopt_contents(self) -> None:
         """Hash what another process wrote into :attr:`temp_path` (a quantizer), instead of writes."""
         assert self._file is not None and self.size == 0, "adopt before any write"
