@@ -14,9 +14,9 @@ the stock loader, so:
   model is still stored, as upstream stores it: the models folder is shared with real Ollama, and a
   later version may run it), load refuses with 400 before a runner is spawned.
 * :func:`translated_copy` writes the translation once: a copy of the GGUF whose header is rewritten
-  and whose tensor data is copied unchanged (``copy_file_range``, so a file system that can share
-  extents does), at ``<models>/cache/compat/sha256-<source hex>-v<RULES_VERSION>.gguf``, atomically
-  (temp file, fsync, rename).  The content-addressed blob is never touched, so digests, pushes and
+  and whose tensor data is copied unchanged (:mod:`appliance.store.gguf_rewrite`), at
+  ``<models>/cache/compat/sha256-<source hex>-v<RULES_VERSION>.gguf``, atomically (temp file, fsync,
+  rename).  The content-addressed blob is never touched, so digests, pushes and
   real Ollama see the published file.  llama.cpp's ``kv_overrides`` cannot do this job: they cannot
   rename an architecture's key prefix, write arrays, or rename and drop tensors.
 
@@ -34,19 +34,24 @@ from __future__ import annotations
 
 import base64
 import contextlib
-import errno
 import logging
-import os
 import re
-import struct
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
-from appliance.errors import InsufficientStorage, InvalidGGUF, UnsupportedModel
-from appliance.store.gguf import MAGIC, GGUFInfo, SkippedArray, TensorInfo, read_gguf
+from appliance.errors import InvalidGGUF, UnsupportedModel
+from appliance.store.gguf import GGUFInfo, SkippedArray, read_gguf
+from appliance.store.gguf_rewrite import (
+    TYPE_I32,
+    TYPE_STR,
+    TYPE_U8,
+    EditableHeader,
+    read_editable,
+    renamed,
+    write_copy,
+)
 
 log = logging.getLogger(__name__)
 
@@ -74,11 +79,6 @@ minimax-m3 cogvlm rnd1 pangu-embedded mistral3 eagle3 dflash mistral4 paddleocr 
 llama-embed maincoder kimi-linear kimi-k3 glm5-next talkie mellum nanbeige qwen3tts pockettts
 """.split())
 # fmt: on
-
-_GGUF_U8, _GGUF_I32, _GGUF_U32, _GGUF_F32, _GGUF_STR, _GGUF_ARR = 0, 5, 4, 6, 8, 9
-_FIXED_SIZES = {0: 1, 1: 1, 2: 2, 3: 2, 4: 4, 5: 4, 6: 4, 7: 1, 10: 8, 11: 8, 12: 8}
-_U32, _U64 = struct.Struct("<I"), struct.Struct("<Q")
-_COPY_CHUNK = 64 << 20
 
 
 # --- verdicts ---------------------------------------------------------------------------------------
@@ -121,7 +121,7 @@ class Rule:
     family: str
     detect: Callable[[GGUFInfo], bool]
     #: Rewrites the header (None: refused, with ``reason``).
-    translate: Callable[[_Header], None] | None
+    translate: Callable[[EditableHeader], None] | None
     reason: str
 
 
@@ -151,156 +151,6 @@ def llama_cpp_note(path: Path) -> str | None:
     if verdict.action == "translate":
         return f"note: {verdict.message}"
     return None
-
-
-# --- the header being rewritten ---------------------------------------------------------------------
-
-
-class _Header:
-    """A GGUF header as raw typed key/values plus tensor descriptions, edited by the rules."""
-
-    def __init__(self, info: GGUFInfo, kvs: dict[str, tuple[int, bytes]]) -> None:
-        self.info = info
-        self.kvs = kvs
-        self.tensors: list[TensorInfo] = list(info.tensors)
-
-    # keys
-    def has(self, key: str) -> bool:
-        return key in self.kvs
-
-    def value(self, key: str) -> Any:
-        """The key's current value (scalars, strings and flat arrays), or None."""
-        entry = self.kvs.get(key)
-        return None if entry is None else _decode(*entry)
-
-    def set_str(self, key: str, value: str) -> None:
-        self.kvs[key] = (_GGUF_STR, _enc_str(value))
-
-    def set_u32(self, key: str, value: int) -> None:
-        self.kvs[key] = (_GGUF_U32, _U32.pack(value))
-
-    def set_f32(self, key: str, value: float) -> None:
-        self.kvs[key] = (_GGUF_F32, struct.pack("<f", value))
-
-    def set_array(self, key: str, element_type: int, fmt: str, values: list[int]) -> None:
-        raw = _U32.pack(element_type) + _U64.pack(len(values)) + struct.pack(f"<{len(values)}{fmt}", *values)
-        self.kvs[key] = (_GGUF_ARR, raw)
-
-    def u32_if_missing(self, key: str, value: int) -> None:
-        if key not in self.kvs:
-            self.set_u32(key, value)
-
-    def f32_if_missing(self, key: str, value: float) -> None:
-        if key not in self.kvs:
-            self.set_f32(key, value)
-
-    def str_if_missing(self, key: str, value: str) -> None:
-        if key not in self.kvs:
-            self.set_str(key, value)
-
-    def copy(self, src: str, dst: str) -> None:
-        if src in self.kvs and dst not in self.kvs:
-            self.kvs[dst] = self.kvs[src]
-
-    def remove(self, key: str) -> None:
-        self.kvs.pop(key, None)
-
-    def move_prefix(self, old: str, new: str, *, keep: Callable[[str], bool] = lambda _: True) -> None:
-        """``old.*`` keys become ``new.*`` (where the new name is free), in place, order kept."""
-        moved: dict[str, tuple[int, bytes]] = {}
-        for key, value in self.kvs.items():
-            if key.startswith(old) and keep(key[len(old):]):
-                target = new + key[len(old):]
-                if target not in self.kvs:
-                    moved[target] = value
-                    continue
-            moved.setdefault(key, value)
-        self.kvs = moved
-
-    def set_arch(self, arch: str) -> None:
-        old = self.value("general.architecture")
-        self.set_str("general.architecture", arch)
-        if isinstance(old, str):
-            self.move_prefix(old + ".", arch + ".")
-
-    def collapse_to_max(self, key: str, fallback: int) -> None:
-        """A per-layer u32/i32 array becomes one u32: its largest value (``fallback`` when all 0)."""
-        values = self.value(key)
-        if isinstance(values, list):
-            self.set_u32(key, max([v for v in values if isinstance(v, int)] + [0]) or fallback)
-
-    def truncate_array(self, key: str, n: int) -> None:
-        entry = self.kvs.get(key)
-        if entry is None or entry[0] != _GGUF_ARR:
-            return
-        raw = entry[1]
-        element_type, count = _U32.unpack_from(raw, 0)[0], _U64.unpack_from(raw, 4)[0]
-        if count <= n:
-            return
-        if element_type == _GGUF_STR:
-            end = 12
-            for _ in range(n):
-                end += 8 + _U64.unpack_from(raw, end)[0]
-        elif element_type in _FIXED_SIZES:
-            end = 12 + n * _FIXED_SIZES[element_type]
-        else:
-            return
-        self.kvs[key] = (_GGUF_ARR, raw[:4] + _U64.pack(n) + raw[12:end])
-
-    # tensors
-    def tensor(self, name: str) -> TensorInfo | None:
-        return next((t for t in self.tensors if t.name == name), None)
-
-    def rename_tensors(self, old: str, new: str) -> None:
-        """Replace the first ``old`` in every tensor name that has it and not yet ``new``."""
-        self.tensors = [_renamed(t, t.name.replace(old, new, 1)) if old in t.name and new not in t.name else t
-                        for t in self.tensors]
-
-    def rename_suffix(self, old: str, new: str) -> None:
-        self.tensors = [_renamed(t, t.name[: -len(old)] + new) if t.name.endswith(old) else t
-                        for t in self.tensors]
-
-    def drop_tensors(self, *prefixes: str) -> None:
-        self.tensors = [t for t in self.tensors if not t.name.startswith(prefixes)]
-
-    def shrink_rows(self, name: str, rows: int) -> None:
-        """Keep the first ``rows`` of a 2-D tensor (a prefix of its bytes)."""
-        t = self.tensor(name)
-        if t is None or len(t.shape) != 2 or rows >= t.shape[1]:
-            return
-        shrunk = TensorInfo(t.name, (t.shape[0], rows), t.ggml_type, t.offset, t.n_bytes // t.shape[1] * rows)
-        self.tensors = [shrunk if x is t else x for x in self.tensors]
-
-
-_FORMATS = {0: "B", 1: "b", 2: "H", 3: "h", 4: "I", 5: "i", 6: "f", 7: "?", 10: "Q", 11: "q", 12: "d"}
-
-
-def _decode(value_type: int, raw: bytes) -> Any:
-    if value_type in _FORMATS:
-        return struct.unpack_from("<" + _FORMATS[value_type], raw)[0]
-    if value_type == _GGUF_STR:
-        return raw[8:].decode("utf-8", "replace")
-    element_type, count = _U32.unpack_from(raw, 0)[0], _U64.unpack_from(raw, 4)[0]
-    if element_type in _FORMATS:
-        return list(struct.unpack_from(f"<{count}{_FORMATS[element_type]}", raw, 12))
-    if element_type != _GGUF_STR:
-        return None
-    out, pos = [], 12
-    for _ in range(count):
-        n = _U64.unpack_from(raw, pos)[0]
-        out.append(raw[pos + 8 : pos + 8 + n].decode("utf-8", "replace"))
-        pos += 8 + n
-    return out
-
-
-def _renamed(t: TensorInfo, name: str) -> TensorInfo:
-    return TensorInfo(name, t.shape, t.ggml_type, t.offset, t.n_bytes)
-
-
-def _enc_str(s: str) -> bytes:
-    raw = s.encode()
-    return _U64.pack(len(raw)) + raw
-
 
 # --- detection helpers ------------------------------------------------------------------------------
 
@@ -334,14 +184,14 @@ def _shape(info: GGUFInfo, name: str) -> tuple[int, ...] | None:
 _TEXT_ONLY = "its embedded vision/audio tensors are left out, so it runs as a text model"
 
 
-def _drop_embedded(h: _Header) -> None:
+def _drop_embedded(h: EditableHeader) -> None:
     h.drop_tensors(*EMBEDDED_PREFIXES)
 
 
 _GENERIC_EMBEDDED = Rule("", "", _embedded, _drop_embedded, _TEXT_ONLY)
 
 
-def _gptoss(h: _Header) -> None:
+def _gptoss(h: EditableHeader) -> None:
     h.set_arch("gpt-oss")
     gate = h.tensor("blk.0.ffn_gate_exps.weight")
     if gate is not None and len(gate.shape) >= 2:
@@ -353,32 +203,32 @@ def _gptoss(h: _Header) -> None:
     h.rename_tensors(".ffn_norm", ".post_attention_norm")
 
 
-def _olmo3(h: _Header) -> None:
+def _olmo3(h: EditableHeader) -> None:
     h.set_arch("olmo2")  # llama.cpp's olmo2 loader carries OLMo 3's sliding-window RoPE
 
 
-def _pad_sections(h: _Header, src: str, dst: str) -> None:
+def _pad_sections(h: EditableHeader, src: str, dst: str) -> None:
     sections = h.value(src)
     if isinstance(sections, list) and len(sections) >= 3:
-        h.set_array(dst, _GGUF_I32, "i", [int(v) for v in sections[:3]] + [0])
+        h.set_array(dst, TYPE_I32, "i", [int(v) for v in sections[:3]] + [0])
 
 
-def _qwen25vl(h: _Header) -> None:
+def _qwen25vl(h: EditableHeader) -> None:
     h.set_arch("qwen2vl")
     _pad_sections(h, "qwen2vl.rope.mrope_section", "qwen2vl.rope.dimension_sections")  # keys moved above
     h.drop_tensors("v.", "mm.")
 
 
-def _qwen3vl(h: _Header) -> None:
+def _qwen3vl(h: EditableHeader) -> None:
     arch = str(h.value("general.architecture"))
     # Upstream's value for the Qwen3-VL family (head_dim 128); the published files do not carry it.
-    h.set_array(f"{arch}.rope.dimension_sections", _GGUF_I32, "i", [24, 20, 20, 0])
+    h.set_array(f"{arch}.rope.dimension_sections", TYPE_I32, "i", [24, 20, 20, 0])
     indexes = h.value(f"{arch}.vision.deepstack_visual_indexes")
     h.u32_if_missing(f"{arch}.n_deepstack_layers", len(indexes) if isinstance(indexes, list) else 0)
     h.drop_tensors("v.", "mm.")
 
 
-def _gemma3(h: _Header) -> None:
+def _gemma3(h: EditableHeader) -> None:
     h.copy("gemma3.rope.global.freq_base", "gemma3.rope.freq_base")
     h.copy("gemma3.rope.local.freq_base", "gemma3.rope.freq_base_swa")
     h.f32_if_missing("gemma3.attention.layer_norm_rms_epsilon", 1e-6)
@@ -403,7 +253,7 @@ def _gemma3_detect(info: GGUFInfo) -> bool:
             or "gemma3.attention.layer_norm_rms_epsilon" not in md)
 
 
-def _embeddinggemma(h: _Header) -> None:
+def _embeddinggemma(h: EditableHeader) -> None:
     h.set_arch("gemma-embedding")
     h.remove("gemma-embedding.attention.causal")
     h.remove("gemma-embedding.attention.sliding_window_pattern")
@@ -416,7 +266,7 @@ def _embeddinggemma(h: _Header) -> None:
         h.set_u32("gemma-embedding.dense_3_feat_out", d1.shape[1])
     h.rename_tensors("dense.0.weight", "dense_2.weight")
     h.rename_tensors("dense.1.weight", "dense_3.weight")
-    h.tensors = [_renamed(t, "output_norm.weight") if t.name == "norm.weight" else t for t in h.tensors]
+    h.tensors = [renamed(t, "output_norm.weight") if t.name == "norm.weight" else t for t in h.tensors]
 
 
 def _gemma3n_detect(info: GGUFInfo) -> bool:
@@ -424,7 +274,7 @@ def _gemma3n_detect(info: GGUFInfo) -> bool:
     return bool(embd and per_layer and len(embd) == len(per_layer) == 2 and embd[1] != per_layer[1])
 
 
-def _gemma3n(h: _Header) -> None:
+def _gemma3n(h: EditableHeader) -> None:
     per_layer = h.tensor("per_layer_token_embd.weight")
     assert per_layer is not None
     vocab = per_layer.shape[1]
@@ -440,13 +290,13 @@ def _gemma3n(h: _Header) -> None:
                 fixed[i] = 6  # byte token
             elif tok.startswith("<unused"):
                 fixed[i] = 1  # normal
-        h.set_array("tokenizer.ggml.token_type", _GGUF_I32, "i", fixed)
+        h.set_array("tokenizer.ggml.token_type", TYPE_I32, "i", fixed)
     eos = h.value("tokenizer.ggml.eos_token_ids")
     ids = [int(v) for v in eos] if isinstance(eos, list) else [1]
-    h.set_array("tokenizer.ggml.eos_token_ids", _GGUF_I32, "i", ids if 106 in ids else [*ids, 106])
+    h.set_array("tokenizer.ggml.eos_token_ids", TYPE_I32, "i", ids if 106 in ids else [*ids, 106])
 
 
-def _gemma4(h: _Header) -> None:
+def _gemma4(h: EditableHeader) -> None:
     if h.value("tokenizer.ggml.model") == "llama":
         h.set_str("tokenizer.ggml.model", "gemma4")  # Gemma 4 is BPE; "llama" splits its control tokens
     h.drop_tensors("a.", "v.", "mm.", "model.vision_tower.")
@@ -456,7 +306,7 @@ def _gemma4_moe(info: GGUFInfo) -> bool:
     return any(t.name.endswith("ffn_gate_exps.weight") for t in info.tensors)
 
 
-def _mistral3(h: _Header) -> None:
+def _mistral3(h: EditableHeader) -> None:
     h.copy("mistral3.rope.scaling.beta_fast", "mistral3.rope.scaling.yarn_beta_fast")
     h.copy("mistral3.rope.scaling.beta_slow", "mistral3.rope.scaling.yarn_beta_slow")
     h.copy("mistral3.rope.scaling.mscale_all_dim", "mistral3.rope.scaling.yarn_log_multiplier")
@@ -466,17 +316,17 @@ def _mistral3(h: _Header) -> None:
     h.drop_tensors("v.", "mm.")
 
 
-def _llama4(h: _Header) -> None:
+def _llama4(h: EditableHeader) -> None:
     h.drop_tensors("v.", "mm.")
 
 
-def _qwen3next(h: _Header) -> None:
+def _qwen3next(h: EditableHeader) -> None:
     h.collapse_to_max("qwen3next.attention.head_count_kv", 0)
     h.rename_suffix(".ssm_dt", ".ssm_dt.bias")
 
 
-def _lfm2(h: _Header) -> None:
-    h.tensors = [_renamed(t, "token_embd_norm.weight") if t.name == "output_norm.weight" else t
+def _lfm2(h: EditableHeader) -> None:
+    h.tensors = [renamed(t, "token_embd_norm.weight") if t.name == "output_norm.weight" else t
                  for t in h.tensors]
     h.set_str("tokenizer.ggml.pre", "lfm2")
     gate = h.tensor("blk.0.ffn_gate.weight")
@@ -484,13 +334,13 @@ def _lfm2(h: _Header) -> None:
         h.set_u32("lfm2.feed_forward_length", gate.shape[1])
 
 
-def _laguna(h: _Header) -> None:
+def _laguna(h: EditableHeader) -> None:
     h.copy("laguna.rope.swa.dimension_count", "laguna.rope.dimension_count_swa")
     h.copy("laguna.rope.swa.freq_base", "laguna.rope.freq_base_swa")
     h.rename_suffix(".attn_g.weight", ".attn_gate.weight")
 
 
-def _deepseekocr(h: _Header) -> None:
+def _deepseekocr(h: EditableHeader) -> None:
     h.set_arch("deepseek2-ocr")
     h.f32_if_missing("deepseek2-ocr.attention.layer_norm_rms_epsilon", 1e-6)
     down = h.tensor("blk.1.ffn_down_exps.weight")
@@ -504,7 +354,7 @@ def _deepseekocr(h: _Header) -> None:
     h.drop_tensors("s.", "v.", "mm.")
 
 
-def _glm4moelite(h: _Header) -> None:
+def _glm4moelite(h: EditableHeader) -> None:
     head_dim = h.value("glm4moelite.attention.key_length")
     h.set_arch("deepseek2")
     h.set_u32("deepseek2.attention.head_count_kv", 1)  # MLA absorbs the KV heads
@@ -527,7 +377,7 @@ def _glm4moelite(h: _Header) -> None:
             h.u32_if_missing("tokenizer.ggml.eom_token_id", ids[2])
 
 
-def _nemotron_h_moe(h: _Header) -> None:
+def _nemotron_h_moe(h: EditableHeader) -> None:
     arch = str(h.value("general.architecture"))
     if not h.has(f"{arch}.moe_latent_size"):
         pattern = re.compile(r"blk\.\d+\.ffn_latent_in\.weight")
@@ -539,7 +389,7 @@ def _nemotron_h_moe(h: _Header) -> None:
     h.drop_tensors("mtp.")
 
 
-def _nemotron_h_omni(h: _Header) -> None:
+def _nemotron_h_omni(h: EditableHeader) -> None:
     experts = h.value("nemotron_h_omni.expert_count") or h.value("nemotron_h_omni.expert_used_count")
     text_arch = "nemotron_h_moe" if isinstance(experts, int) and experts > 0 else "nemotron_h"
     h.set_str("general.architecture", text_arch)
@@ -555,11 +405,11 @@ def _snowflake_detect(info: GGUFInfo) -> bool:
     if info.metadata.get("tokenizer.ggml.model") != "t5":
         return False
     if isinstance(charsmap, SkippedArray):
-        return charsmap.element_type == _GGUF_STR
+        return charsmap.element_type == TYPE_STR
     return isinstance(charsmap, list) and bool(charsmap) and isinstance(charsmap[0], str)
 
 
-def _snowflake(h: _Header) -> None:
+def _snowflake(h: EditableHeader) -> None:
     chars = h.value("tokenizer.ggml.precompiled_charsmap")
     if not isinstance(chars, list) or not all(isinstance(c, str) and len(c) == 1 for c in chars):
         raise UnsupportedModel("snowflake-arctic-embed2: its precompiled_charsmap is not one base64 "
@@ -570,7 +420,7 @@ def _snowflake(h: _Header) -> None:
     except ValueError as exc:
         raise UnsupportedModel(f"snowflake-arctic-embed2: its precompiled_charsmap is not base64: {exc}") \
             from exc
-    h.set_array("tokenizer.ggml.precompiled_charsmap", _GGUF_U8, "B", list(decoded))
+    h.set_array("tokenizer.ggml.precompiled_charsmap", TYPE_U8, "B", list(decoded))
 
 
 _DATA_CHANGE = "loading it needs tensor data rewritten ({}), which this version does not do"
@@ -683,113 +533,11 @@ def translated_copy(source: Path, models_dir: Path, *,
         return final
     folder.mkdir(parents=True, exist_ok=True)
     _remove_stale(folder, models_dir / "blobs")
-    header = _Header(info, _raw_kvs(source, info))
+    header = read_editable(source, info)
     verdict.rule.translate(header)
     log.info("%s: writing a translated copy for llama.cpp (%s)", source.name, verdict.reason)
-    _write(source, info, header, final, check_cancelled)
+    write_copy(source, header, final, check_cancelled)
     return final
-
-
-def _raw_kvs(path: Path, info: GGUFInfo) -> dict[str, tuple[int, bytes]]:
-    """Each key's GGUF type and encoded value, in file order (the file was checked by read_gguf)."""
-    with open(path, "rb") as f:
-        buf = f.read(info.data_offset)
-    if buf[:4] != MAGIC:
-        raise InvalidGGUF("the file changed while it was being translated")
-    n_kv = _U64.unpack_from(buf, 16)[0]
-    pos, out = 24, {}
-    for _ in range(n_kv):
-        n = _U64.unpack_from(buf, pos)[0]
-        key = buf[pos + 8 : pos + 8 + n].decode("utf-8", "replace")
-        pos += 8 + n
-        value_type = _U32.unpack_from(buf, pos)[0]
-        end = _value_end(buf, pos + 4, value_type)
-        out[key] = (value_type, bytes(buf[pos + 4 : end]))
-        pos = end
-    return out
-
-
-def _value_end(buf: bytes, pos: int, value_type: int) -> int:
-    if value_type in _FIXED_SIZES:
-        return pos + _FIXED_SIZES[value_type]
-    if value_type == _GGUF_STR:
-        return pos + 8 + _U64.unpack_from(buf, pos)[0]
-    element_type, count = _U32.unpack_from(buf, pos)[0], _U64.unpack_from(buf, pos + 4)[0]
-    pos += 12
-    if element_type in _FIXED_SIZES:
-        return pos + count * _FIXED_SIZES[element_type]
-    for _ in range(count):
-        pos = _value_end(buf, pos, element_type)
-    return pos
-
-
-def _encode_header(info: GGUFInfo, header: _Header) -> tuple[bytes, list[tuple[TensorInfo, int]]]:
-    """The new header (padded to the alignment) and each tensor with its new data offset."""
-    align = info.alignment
-    parts = [MAGIC, _U32.pack(3), _U64.pack(len(header.tensors)), _U64.pack(len(header.kvs))]
-    for key, (value_type, raw) in header.kvs.items():
-        parts += [_enc_str(key), _U32.pack(value_type), raw]
-    placed, offset = [], 0
-    for t in header.tensors:
-        parts += [_enc_str(t.name), _U32.pack(len(t.shape)), *(_U64.pack(d) for d in t.shape),
-                  _U32.pack(t.ggml_type), _U64.pack(offset)]
-        placed.append((t, offset))
-        offset += -(-t.n_bytes // align) * align
-    head = b"".join(parts)
-    return head + b"\0" * (-len(head) % align), placed
-
-
-def _write(source: Path, info: GGUFInfo, header: _Header, final: Path,
-           check_cancelled: Callable[[], None]) -> None:
-    head, placed = _encode_header(info, header)
-    total = len(head) + sum(-(-t.n_bytes // info.alignment) * info.alignment for t, _ in placed)
-    stat = os.statvfs(final.parent)
-    if stat.f_bavail * stat.f_frsize < total + (64 << 20):
-        raise InsufficientStorage(f"no room for the translated copy llama.cpp needs ({total >> 20} MiB) "
-                                  f"in {final.parent}")
-    temp = final.parent / f".tmp-{final.name}-{os.getpid()}-{time.monotonic_ns()}"
-    try:
-        with open(source, "rb") as src, open(temp, "wb") as dst:
-            dst.write(head)
-            dst.flush()
-            for t, offset in placed:
-                check_cancelled()
-                _copy_range(src.fileno(), dst.fileno(), info.data_offset + t.offset,
-                            len(head) + offset, t.n_bytes, check_cancelled)
-            dst.truncate(total)
-            os.fsync(dst.fileno())
-        read_gguf(temp, max_array=0)  # what we wrote must pass the same checks as any GGUF
-        os.replace(temp, final)
-        dir_fd = os.open(final.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
-    except OSError as exc:
-        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-            raise InsufficientStorage(f"no room for the translated copy llama.cpp needs in {final.parent}") \
-                from exc
-        raise
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            temp.unlink()
-
-
-def _copy_range(src: int, dst: int, src_at: int, dst_at: int, n: int,
-                check_cancelled: Callable[[], None]) -> None:
-    while n > 0:
-        step = min(n, _COPY_CHUNK)
-        try:
-            done = os.copy_file_range(src, dst, step, src_at, dst_at)
-        except OSError as exc:
-            if exc.errno not in (errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP):
-                raise
-            done = os.pwrite(dst, os.pread(src, step, src_at), dst_at)
-        if done <= 0:
-            raise InvalidGGUF("the source GGUF ended early while it was being translated")
-        src_at, dst_at, n = src_at + done, dst_at + done, n - done
-        check_cancelled()
-
 
 def _remove_stale(folder: Path, blobs: Path) -> None:
     """Copies whose blob is gone or whose rules are older, and temp files a crash left behind."""
