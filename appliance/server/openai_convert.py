@@ -235,7 +235,8 @@ def chat_messages(raw: Any) -> list[dict[str, Any]]:
         where = f"messages[{i}]"
         if not isinstance(msg, dict):
             raise FieldError(f"Invalid type for '{where}': expected an object.", where, "invalid_type")
-        role = ROLES.get(msg.get("role"))  # type: ignore[arg-type]
+        # Any case, as upstream: its handler reads every message role in lower case.
+        role = ROLES.get(msg["role"].lower()) if isinstance(msg.get("role"), str) else None
         if role is None:
             raise FieldError(f"Invalid value for '{where}.role': {msg.get('role')!r}; use system, developer, "
                              "user, assistant or tool.", f"{where}.role", "invalid_value")
