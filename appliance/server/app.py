@@ -24,7 +24,7 @@ from appliance.engine import gpu
 from appliance.engine.process import RUNNER_STOP_GRACE_S
 from appliance.engine.scheduler import Scheduler
 from appliance.errors import ApplianceError, public_message
-from appliance.server import anthropic, bodies, cloud, connections, models, native, openai, transfer
+from appliance.server import anthropic, archive, bodies, cloud, connections, models, native, openai, transfer
 from appliance.server import openapi as openapi_doc
 from appliance.server.requests import body_left_unread
 from appliance.store.local import Store
@@ -64,6 +64,7 @@ def create_app(cfg: envconfig.Config, store: Store | None = None) -> QuartTrio:
     app.register_blueprint(openai.bp)
     app.register_blueprint(anthropic.bp)
     app.register_blueprint(transfer.bp)
+    app.register_blueprint(archive.bp)
     app.register_blueprint(openapi_doc.bp)
     app.register_blueprint(cloud.bp)
 
