@@ -26,6 +26,8 @@ Available Commands:
   stop        Stop a running model
   pull        Pull a model from a registry
   push        Push a model to a registry
+  export      Write a model to an OCI image layout tarball
+  import      Store a model from an OCI image layout tarball
   list        List models
   ps          List running models
   cp          Copy a model
@@ -41,8 +43,8 @@ Use "ollama [command] --help" for more information about a command.
 """
 
 #: Public commands, in the order of the help text (pinned by a test).
-COMMANDS = ("serve", "create", "show", "run", "stop", "pull", "push", "list", "ps", "cp", "rm", "doctor",
-            "help")
+COMMANDS = ("serve", "create", "show", "run", "stop", "pull", "push", "export", "import", "list", "ps", "cp",
+            "rm", "doctor", "help")
 ALIASES = {"ls": "list", "start": "serve", "delete": "rm"}
 
 
@@ -254,6 +256,30 @@ def _cmd_push(argv: Sequence[str]) -> int:
     return run_push(args.model, args.insecure)
 
 
+def _cmd_export(argv: Sequence[str]) -> int:
+    from appliance.cli.archive import run_export
+
+    parser = _parser("export", "Write a model to an OCI image layout tarball (for an offline machine)")
+    parser.add_argument("model", metavar="MODEL")
+    parser.add_argument("-o", "--output", required=True, metavar="FILE",
+                        help='The tarball to write ("-": stdout)')
+    _env_epilog(parser, "OLLAMA_HOST")
+    args = parser.parse_args(argv)
+    return run_export(args.model, args.output)
+
+
+def _cmd_import(argv: Sequence[str]) -> int:
+    from appliance.cli.archive import run_import
+
+    parser = _parser("import", "Store a model from an OCI image layout tarball (as ollama export writes)")
+    parser.add_argument("file", metavar="FILE", help='The tarball ("-": stdin)')
+    parser.add_argument("model", nargs="?", metavar="MODEL",
+                        help="The name to store it as (default: the name in the tarball)")
+    _env_epilog(parser, "OLLAMA_HOST")
+    args = parser.parse_args(argv)
+    return run_import(args.file, args.model)
+
+
 HANDLERS: dict[str, Callable[[Sequence[str]], int]] = {
     "serve": _cmd_serve,
     "create": _cmd_create,
@@ -262,6 +288,8 @@ HANDLERS: dict[str, Callable[[Sequence[str]], int]] = {
     "stop": _cmd_stop,
     "pull": _cmd_pull,
     "push": _cmd_push,
+    "export": _cmd_export,
+    "import": _cmd_import,
     "list": _cmd_list,
     "ps": _cmd_ps,
     "cp": _cmd_cp,
