@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from appliance.errors import BadRequest
+from appliance.prompt.builtin.base import think_level, think_on
 from appliance.prompt.gotemplate import Template
 from appliance.prompt.gotemplate_funcs import GoStruct, JSONList, JSONMap
 
@@ -117,8 +118,8 @@ def render_go(
     tmpl = parse_template(template)
     system, collated = collate(messages)
     think_flags = {
-        "Think": bool(think),
-        "ThinkLevel": think if isinstance(think, str) else "",
+        "Think": think_on(think),
+        "ThinkLevel": think_level(think),  # as upstream: true is "medium"
         "IsThinkSet": think is not None,
     }
     if uses_messages(template):
@@ -168,8 +169,8 @@ def render_generate_go(template: str, prompt: str, suffix: str, system: str, thi
     """/api/generate with a template: ``.System``/``.Prompt``/``.Suffix`` (fill-in-the-middle)."""
     tmpl = parse_template(template)
     think_flags = {
-        "Think": bool(think),
-        "ThinkLevel": think if isinstance(think, str) else "",
+        "Think": think_on(think),
+        "ThinkLevel": think_level(think),  # as upstream: true is "medium"
         "IsThinkSet": think is not None,
     }
     if suffix:
@@ -192,7 +193,7 @@ def render_jinja(
 
     extra: dict[str, Any] = {}
     if think is not None:
-        extra["enable_thinking"] = bool(think)
+        extra["enable_thinking"] = think_on(think)
     return render_chat_template(
         chat_template,
         list(messages),

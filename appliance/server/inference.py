@@ -6,6 +6,7 @@ Native, OpenAI and Anthropic routes all build a :class:`Generation` and iterate
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import secrets
 import time
@@ -22,9 +23,8 @@ from appliance.engine.grammar import format_grammar
 from appliance.engine.protocol import MAX_TOP_LOGPROBS
 from appliance.engine.scheduler import Loaded, Scheduler
 from appliance.errors import BadRequest
-from appliance.prompt import render
-from appliance.prompt.thinking import ThinkingParser
-from appliance.prompt.tools import ToolCallParser
+from appliance.prompt import output, render
+from appliance.prompt.builtin import think_on
 from appliance.server import image_prompt
 from appliance.store.gguf import GGUFInfo
 from appliance.store.local import Store
@@ -152,7 +152,11 @@ async def check_capabilities(gen: Generation, scheduler: Scheduler) -> GGUFInfo:
         raise BadRequest(f'"{name}" does not support generate')
     if gen.tools and "tools" not in caps:
         raise BadRequest(f'"{name}" does not support tools')
-    if gen.think and "thinking" not in caps:
+    if "thinking" in caps:
+        if gen.think is None:  # as upstream: a thinking model thinks unless told not to
+            gen.think = True
+        gen.think = output.effective_think(gen.model.config, gen.model.template, gen.think)
+    elif think_on(gen.think):
         raise BadRequest(f'"{name}" does not support thinking')
     if gen.suffix and "insert" not in caps:
         raise BadRequest(f'"{name}" does not support insert')
@@ -187,6 +191,9 @@ def _chat_messages(gen: Generation) -> list[dict[str, Any]]:
 
 
 def _render(gen: Generation, info: GGUFInfo, messages: Sequence[dict[str, Any]]) -> str:
+    renderer = None if gen.template else output.renderer(gen.model.config)
+    if renderer is not None:  # RENDERER: the prompt is built in code, not by the template
+        return renderer.render(messages, gen.tools, gen.think)
     template = gen.template or gen.model.template
     if template:
         return render.render_go(template, messages, gen.tools, gen.think)
@@ -228,7 +235,8 @@ async def build_prompt(gen: Generation, info: GGUFInfo, loaded: Loaded) -> str:
             return prompt
         system = gen.system if gen.system is not None else (gen.model.system or "")
         template = gen.template or gen.model.template
-        if template:
+        renderer_wins = not gen.suffix and not gen.template and output.renderer(gen.model.config) is not None
+        if template and not renderer_wins:
             return await trio.to_thread.run_sync(
                 render.render_generate_go, template, prompt, gen.suffix, system, gen.think)
         messages = ([{"role": "system", "content": system}] if system else []) + [
@@ -279,7 +287,9 @@ async def generate(gen: Generation, scheduler: Scheduler) -> AsyncIterator[Chunk
     grammar = await trio.to_thread.run_sync(format_grammar, gen.format) if gen.format is not None else None
     async with scheduler.use(gen.model, gen.options, gen.keep_alive_s) as loaded:
         t_loaded = time.perf_counter_ns()
-        prompt = await build_prompt(gen, info, loaded)
+        splitter = _splitter(gen, info)
+        prompt = await build_prompt(dataclasses.replace(gen, tools=splitter.prompt_tools), info, loaded)
+        splitter.prompt_ready(prompt)
         if gen.context:
             async for event in loaded.runner.request({"op": "detokenize", "tokens": gen.context}):
                 prompt = str(event.get("text", "")) + prompt
@@ -294,9 +304,6 @@ async def generate(gen: Generation, scheduler: Scheduler) -> AsyncIterator[Chunk
             request["grammar"] = grammar
         if gen.logprobs:
             request.update(logprobs=True, top_logprobs=gen.top_logprobs)
-        template = gen.template or gen.model.template or info.chat_template or ""
-        thinking = ThinkingParser() if gen.think else None
-        tools = ToolCallParser(gen.tools, template) if gen.tools else None
         generated: list[str] = []
         if gen.stop_sequences:  # the caller's own stops, on top of the model's (the runner names the hit)
             stops = list(gen.options.get("stop") or [])
@@ -306,12 +313,12 @@ async def generate(gen: Generation, scheduler: Scheduler) -> AsyncIterator[Chunk
             if event.get("event") == "token":
                 text = str(event.get("text", ""))
                 generated.append(text)
-                chunk = _parse(text, thinking, tools)
+                chunk = _parse(text, splitter)
                 chunk.logprobs = event.get("logprobs") or []  # sent even while a parser holds their text
                 if chunk.content or chunk.thinking or chunk.tool_calls or chunk.logprobs:
                     yield chunk
             elif event.get("event") == "done":
-                tail = _flush(thinking, tools)
+                tail = _flush(splitter)
                 if tail.content or tail.thinking or tail.tool_calls:
                     yield tail
                 matched = event.get("stop_sequence")
@@ -355,25 +362,33 @@ def _with_ids(calls: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [{"id": call.get("id") or tool_call_id(), **call} for call in calls]
 
 
-def _parse(text: str, thinking: ThinkingParser | None, tools: ToolCallParser | None) -> Chunk:
+def _splitter(gen: Generation, info: GGUFInfo) -> output.OutputSplitter:
+    """How this reply's output is split: the model's PARSER, else its template's conventions."""
+    template = gen.template or gen.model.template or info.chat_template or ""
+    return output.OutputSplitter(
+        parser=None if gen.raw else output.parser_name(gen.model.config, gen.model.template),
+        template=template, tools=gen.tools, last_message=gen.messages[-1] if gen.messages else None,
+        think=gen.think,
+        thinking_capable="thinking" in capabilities(gen.model, info))
+
+
+async def render_only(gen: Generation, scheduler: Scheduler) -> str:
+    """The prompt ``gen`` would run (upstream's ``_debug_render_only``); loads the model to count tokens."""
+    info = await check_capabilities(gen, scheduler)
+    async with scheduler.use(gen.model, gen.options, gen.keep_alive_s) as loaded:
+        splitter = _splitter(gen, info)
+        return await build_prompt(dataclasses.replace(gen, tools=splitter.prompt_tools), info, loaded)
+
+
+def _parse(text: str, splitter: output.OutputSplitter) -> Chunk:
     chunk = Chunk()
-    if thinking is not None:
-        chunk.thinking, text = thinking.feed(text)
-    if tools is not None:
-        text, calls = tools.feed(text)
-        chunk.tool_calls = _with_ids(calls)
-    chunk.content = text
+    chunk.content, chunk.thinking, calls = splitter.feed(text)
+    chunk.tool_calls = _with_ids(calls)
     return chunk
 
 
-def _flush(thinking: ThinkingParser | None, tools: ToolCallParser | None) -> Chunk:
+def _flush(splitter: output.OutputSplitter) -> Chunk:
     chunk = Chunk()
-    text = ""
-    if thinking is not None:
-        chunk.thinking, text = thinking.flush()
-    if tools is not None:
-        content, calls = tools.feed(text) if text else ("", [])
-        rest, more = tools.flush()
-        text, chunk.tool_calls = content + rest, _with_ids(calls + more)
-    chunk.content = text
+    chunk.content, chunk.thinking, calls = splitter.flush()
+    chunk.tool_calls = _with_ids(calls)
     return chunk

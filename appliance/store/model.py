@@ -173,4 +173,15 @@ def capabilities(model: Model, info: Any) -> list[str]:
             add("tools")
         if "<think>" in jinja or "enable_thinking" in jinja or "reasoning_content" in jinja:
             add("thinking")
+    from appliance.prompt import output
+    from appliance.prompt.builtin import parser_for
+
+    parser = parser_for(output.parser_name(model.config, template))
+    if parser is not None:  # a PARSER brings what it can parse (as upstream)
+        if parser.has_tool_support:
+            add("tools")
+        if parser.has_thinking_support:
+            add("thinking")
+    if model.config.get("model_family") in output.GPT_OSS_FAMILIES:
+        add("thinking")
     return caps
