@@ -12,6 +12,7 @@ from quart import Blueprint, Response, current_app
 
 from appliance.engine.scheduler import Scheduler
 from appliance.errors import ApplianceError, BadRequest, ModelNotFound
+from appliance.prompt.builtin import THINK_LEVELS
 from appliance.prompt.render import parse_template
 from appliance.server import inference
 from appliance.server.inference import Chunk, Generation
@@ -109,9 +110,12 @@ def _check_tools(tools: Any) -> list[dict[str, Any]] | None:
 def _think(value: Any) -> bool | str | None:
     if value is None or isinstance(value, bool):
         return value
-    if value in ("high", "medium", "low"):
+    if value in THINK_LEVELS:
         return str(value)
-    raise BadRequest(f"invalid think value {value!r}: use true, false, or high/medium/low")
+    if isinstance(value, str):  # upstream's words
+        raise BadRequest(f'invalid think value: "{value}" '
+                         '(must be "high", "medium", "low", "max", true, or false)')
+    raise BadRequest('think must be a boolean or string ("high", "medium", "low", "max", true, or false)')
 
 
 async def _gen_common(body: dict[str, Any]) -> Generation:
@@ -239,6 +243,8 @@ async def chat() -> Any:
     gen.tools = _check_tools(body.get("tools"))
     if not gen.messages:
         return await _load_or_unload(gen, "message", body)
+    if body.get("_debug_render_only") is True:
+        return await _render_only(gen, body)
     return await _respond(gen, body, _chat_shape)
 
 
@@ -271,7 +277,16 @@ async def generate() -> Any:
         return await _load_or_unload(gen, "response", body)
     if gen.template:
         await trio.to_thread.run_sync(parse_template, gen.template)
+    if body.get("_debug_render_only") is True:
+        return await _render_only(gen, body)
     return await _respond(gen, body, _generate_shape)
+
+
+async def _render_only(gen: Generation, body: dict[str, Any]) -> dict[str, Any]:
+    """Upstream's debug answer: the rendered prompt instead of a reply."""
+    prompt = await inference.render_only(gen, get_scheduler())
+    return {"model": body.get("model") or body.get("name"), "created_at": now_iso(),
+            "_debug_info": {"rendered_template": prompt}}
 
 
 def _normalize(vec: list[float], dimensions: int | None) -> list[float]:
