@@ -278,6 +278,9 @@ def plan_create(store: Store, req: Mapping[str, Any]) -> CreatePlan:
         value = _str_field(req, key)
         if value:
             plan.extra_config[key] = value
+    from appliance.prompt.builtin import check_names
+
+    check_names(plan.extra_config.get("renderer"), plan.extra_config.get("parser"))  # a 400, not silence
     if plan.model_info is not None:  # a layout llama.cpp cannot run is refused now, not at first use
         from appliance.errors import UnsupportedModel
         from appliance.store.gguf_compat import LLAMA_CPP_ARCHITECTURES, assess
