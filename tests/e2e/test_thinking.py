@@ -1,0 +1,106 @@
+"""Thinking and built-in RENDERER/PARSER end to end: a real server, the bundled SmolLM2 wearing them.
+
+SmolLM2 knows none of these formats, so the tests make its greedy output land where the format puts
+it: a ``qwen3-vl-thinking`` prompt ends inside ``<think>``, so whatever the model writes is the trace.
+"""
+
+from __future__ import annotations
+
+import httpx
+import ollama
+import pytest
+
+BASE = "smollm2:135m"
+OPTS = {"temperature": 0, "seed": 1, "num_predict": 8}
+
+
+def create(server, name: str, **fields: str) -> httpx.Response:  # type: ignore[no-untyped-def]
+    return server.http().post("/api/create", json={"model": name, "from": BASE, "stream": False, **fields})
+
+
+@pytest.fixture(scope="module")
+def thinker(server) -> str:  # type: ignore[no-untyped-def]
+    r = create(server, "smol-thinker", renderer="qwen3-vl-thinking", parser="qwen3-thinking",
+               system="You are terse.")
+    assert r.status_code == 200, r.text
+    return "smol-thinker"
+
+
+@pytest.fixture(scope="module")
+def coder(server) -> str:  # type: ignore[no-untyped-def]
+    r = create(server, "smol-coder", renderer="qwen3-coder", parser="qwen3-coder")
+    assert r.status_code == 200, r.text
+    return "smol-coder"
+
+
+def test_unknown_renderer_or_parser_is_refused_at_create(server) -> None:  # type: ignore[no-untyped-def]
+    r = create(server, "smol-bad", parser="no-such-parser")
+    assert r.status_code == 400 and r.json()["error"].startswith("unknown parser 'no-such-parser'")
+    r = create(server, "smol-bad", renderer="qwen3")  # upstream has a qwen3 parser, but no such renderer
+    assert r.status_code == 400 and r.json()["error"].startswith("unknown renderer 'qwen3'")
+
+
+def test_parser_brings_its_capabilities(server, thinker, coder) -> None:  # type: ignore[no-untyped-def]
+    client = ollama.Client(host=server.url)
+    shown = client.show(thinker)
+    assert {"completion", "thinking", "tools"} <= set(shown.capabilities or [])
+    assert (shown.modelinfo or {}) and "thinking" not in (client.show(coder).capabilities or [])
+
+
+def test_renderer_builds_the_prompt(server, thinker, coder) -> None:  # type: ignore[no-untyped-def]
+    http = server.http()
+    chat = {"messages": [{"role": "user", "content": "hi"}], "_debug_render_only": True}
+    r = http.post("/api/chat", json={"model": coder, **chat})
+    assert r.status_code == 200, r.text
+    assert r.json()["_debug_info"]["rendered_template"] == (
+        "<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n")
+    tools = [{"type": "function", "function": {"name": "get_weather", "parameters": {
+        "type": "object", "properties": {"city": {"type": "string"}}}}}]
+    r = http.post("/api/chat", json={"model": coder, "tools": tools, **chat})
+    assert "<tools>\n<function>\n<name>get_weather</name>" in r.json()["_debug_info"]["rendered_template"]
+    # The model's SYSTEM and think (on by default for a thinking model) reach the renderer; generate too.
+    r = http.post("/api/generate", json={"model": thinker, "prompt": "hi", "_debug_render_only": True})
+    assert r.json()["_debug_info"]["rendered_template"] == (
+        "<|im_start|>system\nYou are terse.<|im_end|>\n<|im_start|>user\nhi<|im_end|>\n"
+        "<|im_start|>assistant\n<think>\n")
+    r = http.post("/api/chat", json={"model": thinker, "think": False, **chat})
+    assert r.json()["_debug_info"]["rendered_template"].endswith("<|im_start|>assistant\n")
+
+
+def test_thinking_model_thinks_by_default_and_not_when_told(server, thinker) -> None:  # type: ignore[no-untyped-def]
+    client = ollama.Client(host=server.url)
+    messages = [{"role": "user", "content": "What is the capital of France?"}]
+    default = client.chat(model=thinker, messages=messages, options=OPTS)
+    assert default.message.thinking and not default.message.content  # the prompt ended inside <think>
+    assert "<think>" not in default.message.thinking and default.eval_count == OPTS["num_predict"]
+    streamed = list(client.chat(model=thinker, messages=messages, options=OPTS, stream=True))
+    assert "".join(c.message.thinking or "" for c in streamed) == default.message.thinking
+    assert "".join(c.message.content or "" for c in streamed) == ""
+    off = client.chat(model=thinker, messages=messages, options=OPTS, think=False)
+    assert off.message.content and not off.message.thinking
+    level = client.chat(model=thinker, messages=messages, options=OPTS, think="max")
+    assert level.message.thinking == default.message.thinking
+    generated = client.generate(model=thinker, prompt="What is the capital of France?", options=OPTS)
+    assert generated.thinking == default.message.thinking and not generated.response
+
+
+def test_think_values(server, thinker) -> None:  # type: ignore[no-untyped-def]
+    http = server.http()
+    body = {"model": BASE, "prompt": "hi", "stream": False, "options": OPTS}
+    r = http.post("/api/generate", json={**body, "think": "high"})
+    assert r.status_code == 400 and r.json() == {"error": '"smollm2:135m" does not support thinking'}
+    r = http.post("/api/generate", json={**body, "think": False})  # false is fine on any model
+    assert r.status_code == 200 and r.json()["response"]
+    r = http.post("/api/generate", json={**body, "model": thinker, "think": "extreme"})
+    assert r.status_code == 400
+    assert r.json()["error"] == ('invalid think value: "extreme" (must be "high", "medium", "low", "max", '
+                                 "true, or false)")
+
+
+def test_raw_prompt_ending_in_think_is_split_by_the_template_path(server, thinker) -> None:  # type: ignore[no-untyped-def]
+    """raw skips the PARSER (as upstream); a thinking model's trace is still kept out of the response."""
+    r = server.http().post("/api/generate", json={
+        "model": thinker, "raw": True, "stream": False, "options": OPTS,
+        "prompt": "<|im_start|>user\nWhat is the capital of France?<|im_end|>\n<|im_start|>assistant\n<think>\n"})
+    assert r.status_code == 200, r.text
+    assert r.json()["thinking"] and not r.json()["response"]
