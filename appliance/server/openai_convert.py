@@ -26,8 +26,9 @@ SYSTEM_FINGERPRINT = "fp_ollama"
 ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant", "tool": "tool"}
 _IMAGE_PREFIXES = ("data:image/jpeg;base64,", "data:image/jpg;base64,", "data:image/png;base64,",
                    "data:image/webp;base64,", "data:image/gif;base64,", "data:;base64,")
+# As upstream: OpenAI's scale clamped to Ollama's levels ("max" is the top one; harmony reads it as high).
 _EFFORT: dict[str, bool | str] = {"none": False, "minimal": "low", "low": "low", "medium": "medium",
-                                  "high": "high", "xhigh": "high", "max": "high", "ultra": "high"}
+                                  "high": "high", "xhigh": "max", "max": "max", "ultra": "max"}
 
 
 def error_body(exc: ApplianceError) -> dict[str, Any]:
@@ -80,7 +81,7 @@ def think(body: dict[str, Any]) -> bool | str | None:
         return None
     if effort not in _EFFORT:
         raise FieldError(f"Invalid value for 'reasoning_effort': {effort!r}; use none, minimal, low, "
-                         "medium or high.", "reasoning_effort", "invalid_value")
+                         "medium, high, xhigh, max or ultra.", "reasoning_effort", "invalid_value")
     return _EFFORT[effort]
 
 
