@@ -104,3 +104,24 @@ def test_raw_prompt_ending_in_think_is_split_by_the_template_path(server, thinke
         "prompt": "<|im_start|>user\nWhat is the capital of France?<|im_end|>\n<|im_start|>assistant\n<think>\n"})
     assert r.status_code == 200, r.text
     assert r.json()["thinking"] and not r.json()["response"]
+
+
+def test_openai_reasoning_effort_maps_to_think(server, thinker) -> None:  # type: ignore[no-untyped-def]
+    import openai
+
+    client = openai.OpenAI(base_url=f"{server.url}/v1", api_key="x")
+    messages = [{"role": "user", "content": "What is the capital of France?"}]
+
+    def ask(**extra: object) -> tuple[str | None, str | None]:
+        reply = client.chat.completions.create(model=thinker, messages=messages, max_tokens=8, temperature=0,
+                                               seed=1, **extra)  # type: ignore[call-overload]
+        message = reply.choices[0].message
+        return message.content, (message.model_extra or {}).get("reasoning")
+
+    content, reasoning = ask()
+    assert reasoning and not content  # thinks by default, as /api/chat does
+    assert ask(reasoning_effort="xhigh") == (content, reasoning)  # clamped to "max"
+    content, reasoning = ask(reasoning_effort="none")
+    assert content and not reasoning
+    with pytest.raises(openai.BadRequestError, match="reasoning_effort"):
+        ask(reasoning_effort="extreme")
