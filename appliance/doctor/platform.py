@@ -277,7 +277,7 @@ def check_nvidia(machine: Machine) -> Check | None:
         return None
     if result.returncode != 0:
         said = (result.stdout + result.stderr).strip().splitlines()
-        reason = said[0] if said else f"exit status {result.returncode}"
+        reason = said[0].rstrip(".") if said else f"exit status {result.returncode}"
         fix = (
             "reboot (a driver update needs it: 'Driver/library version mismatch'), or reinstall the NVIDIA "
             "driver for this kernel (e.g. 'sudo apt install --reinstall nvidia-driver' plus the kernel's "
