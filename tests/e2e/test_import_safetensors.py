@@ -44,6 +44,25 @@ def test_create_from_a_safetensors_folder_converts_and_runs(server: Server, tmp_
     httpx.request("DELETE", f"{server.url}/api/delete", json={"model": "tiny-st"}, timeout=60)
 
 
+def test_create_quantizes_a_converted_safetensors_folder(server: Server, tmp_path: Path) -> None:
+    """``-q`` after the conversion: the converted F16 GGUF goes through llama.cpp's quantizer, and the
+    stored model is the quantized one (this tiny model's rows are too short for q8_0 blocks, so llama.cpp
+    keeps those tensors in a fallback type, but the file type is the one asked for)."""
+    folder = write_tiny_hf_llama(tmp_path / "tiny-llama")
+    modelfile = tmp_path / "Modelfile"
+    modelfile.write_text(f"FROM {folder}\n")
+    out = server.cli("create", "tiny-st-q8", "-f", str(modelfile), "-q", "q8_0")
+    assert "success" in out.stdout + out.stderr
+    show = httpx.post(f"{server.url}/api/show", json={"model": "tiny-st-q8"}, timeout=60).json()
+    assert show["details"]["quantization_level"] == "Q8_0"
+    reply = httpx.post(f"{server.url}/api/generate", timeout=120, json={
+        "model": "tiny-st-q8", "prompt": "hello", "stream": False, "options": {"num_predict": 5, "temperature": 0}})
+    assert reply.status_code == 200, reply.text
+    assert reply.json()["eval_count"] >= 1
+    assert not list(server.models.glob(".convert-*"))
+    httpx.request("DELETE", f"{server.url}/api/delete", json={"model": "tiny-st-q8"}, timeout=60)
+
+
 def test_an_unsupported_folder_is_refused_before_anything_is_written(server: Server, tmp_path: Path) -> None:
     folder = write_tiny_hf_llama(tmp_path / "qwen", config={"architectures": ["Qwen2ForCausalLM"],
                                                            "model_type": "qwen2"})
