@@ -8,6 +8,7 @@
 #   debootstrap      builds the throw-away Debian root of tests/installer and tests/binary
 #   systemd          for systemd-analyze, which verifies the unit and override install.sh writes
 #   tmux             drives `ollama run` in a real terminal (tests/cli/test_interactive.py)
+#   skopeo           reads `ollama export`'s OCI archive as a standard tool (tests/e2e/test_export_import.py)
 # Quick when everything is present; without apt (or root/sudo) it only says what is missing.
 
 ensure_test_tools() {
@@ -18,6 +19,7 @@ ensure_test_tools() {
     command -v debootstrap >/dev/null 2>&1 || [ -x /usr/sbin/debootstrap ] || missing="$missing debootstrap"
     command -v systemd-analyze >/dev/null 2>&1 || missing="$missing systemd"
     command -v tmux >/dev/null 2>&1 || missing="$missing tmux"
+    command -v skopeo >/dev/null 2>&1 || missing="$missing skopeo"
     [ -f /usr/include/zlib.h ] || missing="$missing zlib1g-dev"
     [ -n "$missing" ] || return 0
     sudo=
