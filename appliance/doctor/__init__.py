@@ -11,6 +11,8 @@ Everything is read through a :class:`~appliance.doctor.machine.Machine`, so test
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from appliance.doctor.machine import Check, Machine, Status
 from appliance.doctor.platform import check_amd, check_cpu, check_nvidia, check_os, check_wsl, wsl_version
 from appliance.doctor.service import (
@@ -26,20 +28,26 @@ __all__ = ["Check", "Machine", "Status", "run_checks"]
 def run_checks(machine: Machine | None = None) -> list[Check]:
     """Every check, in report order: the platform first, then the server's setup."""
     machine = machine or Machine()
-    checks = [check_os(machine)]
-    wsl = check_wsl(machine)
-    if wsl is not None:
-        checks.append(wsl)
-    checks.append(check_cpu(machine))
+    checks = [_guarded("os", lambda: [check_os(machine)])[0]]
+    checks += _guarded("wsl", lambda: [c for c in [check_wsl(machine)] if c is not None])
+    checks += _guarded("cpu", lambda: [check_cpu(machine)])
     runtime = discover_runtime(machine, wsl_version(machine))
-    nvidia = check_nvidia(machine)
-    if nvidia is not None:
-        checks.append(nvidia)
-    checks += check_amd(machine, runtime.environ, runtime.set_env_hint())
-    if nvidia is None and not any(c.name.startswith("amd") for c in checks):
-        checks.append(Check("gpu", Status.OK, "no NVIDIA or AMD GPU found: inference runs on the CPU"))
+    gpus = _guarded("nvidia", lambda: [c for c in [check_nvidia(machine)] if c is not None])
+    gpus += _guarded("amd", lambda: check_amd(machine, runtime.environ, runtime.set_env_hint()))
+    checks += gpus or [Check("gpu", Status.OK, "no NVIDIA or AMD GPU found: inference runs on the CPU")]
     checks += runtime.checks
-    checks += check_environment(runtime)
-    checks += check_models(machine, runtime)
-    checks += check_server(machine, runtime)
+    checks += _guarded("environment", lambda: check_environment(runtime))
+    checks += _guarded("models", lambda: check_models(machine, runtime))
+    checks += _guarded("port", lambda: check_server(machine, runtime))
     return checks
+
+
+def _guarded(name: str, run: Callable[[], list[Check]]) -> list[Check]:
+    """A check that cannot read what it needs (a permission, a strange file) reports that, and the
+    other checks still run."""
+    try:
+        return run()
+    except (OSError, ValueError, UnicodeError) as exc:
+        return [
+            Check(name, Status.WARN, f"could not check: {exc}", "run 'ollama doctor' as root to see more")
+        ]

@@ -107,6 +107,13 @@ class Machine:
     client_version: str = OLLAMA_COMPAT_VERSION
     appliance_version: str = __version__
     euid: int = field(default_factory=os.geteuid)
+    _build_info: list[str | None] = field(default_factory=list, init=False, repr=False)
+
+    def build_info(self) -> str | None:
+        """``llama_info()``, asked once: in a checkout it starts a child process that loads llama.cpp."""
+        if not self._build_info:
+            self._build_info.append(self.llama_info())
+        return self._build_info[0]
 
     def path(self, absolute: str | PurePosixPath) -> Path:
         """``absolute`` (a path on the examined machine) as a path on this one."""

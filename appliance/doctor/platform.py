@@ -180,7 +180,7 @@ def check_cpu(machine: Machine) -> Check:
             "CPU through (e.g. QEMU/libvirt 'host-passthrough')",
         )
     # Only now is it safe to ask the library itself (in a child): a native build may need more.
-    info = machine.llama_info()
+    info = machine.build_info()
     if info is None:
         return Check(
             "cpu",
@@ -227,7 +227,7 @@ def build_flavor(machine: Machine) -> str:
     """cpu, cuda or rocm: the binary's flavor, or for a checkout what its llama.cpp library holds."""
     if machine.flavor != "source":
         return machine.flavor
-    info = machine.llama_info() or ""
+    info = machine.build_info() or ""
     if "CUDA" in info:
         return "cuda"
     if "ROCm" in info or "HIP" in info:
