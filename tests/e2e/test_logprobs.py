@@ -125,10 +125,11 @@ def test_official_client(lp: Server) -> None:
 
 
 def test_no_logprobs_unless_asked(lp: Server) -> None:
+    short = {"temperature": 0, "num_predict": 4}
     for body in ({}, {"logprobs": False}, {"top_logprobs": 3}, {"logprobs": None, "top_logprobs": None}):
-        out = _post(lp, "/api/generate", {"model": MODEL, "prompt": PROMPT, "options": GREEDY, **body})
+        out = _post(lp, "/api/generate", {"model": MODEL, "prompt": PROMPT, "options": short, **body})
         assert "logprobs" not in out and out["eval_count"] > 0, body
-        lines = _lines(lp, "/api/chat", {"model": MODEL, "messages": CHAT, "options": GREEDY, **body})
+        lines = _lines(lp, "/api/chat", {"model": MODEL, "messages": CHAT, "options": short, **body})
         assert not any("logprobs" in line for line in lines), body
 
 
@@ -195,7 +196,7 @@ def test_grammar_reports_the_model_distribution(lp: Server) -> None:
 
 
 def test_draft_model_gives_the_target_numbers(lp: Server) -> None:
-    body = {"prompt": PROMPT, "options": GREEDY, "logprobs": True, "top_logprobs": 3}
+    body = {"prompt": PROMPT, "options": {"temperature": 0, "num_predict": 12}, "logprobs": True, "top_logprobs": 3}
     plain = _post(lp, "/api/generate", {"model": MODEL, **body})
     drafted = _post(lp, "/api/generate", {"model": DRAFTED, **body})
     assert drafted["response"] == plain["response"] and len(drafted["logprobs"]) == drafted["eval_count"]
