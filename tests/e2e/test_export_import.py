@@ -10,9 +10,11 @@ import io
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import tarfile
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -319,3 +321,23 @@ def test_the_hostile_cases_are_one_change_away_from_a_valid_archive(srv: Server)
         assert (srv.models / "blobs" / _digest(WEIGHTS).replace(":", "-")).read_bytes() == WEIGHTS
     srv.cli("rm", "hostile:test")
     assert _listing(srv) == before
+
+
+def _wait_for(condition: Callable[[], bool], what: str) -> None:
+    deadline = time.monotonic() + 60
+    while not condition():
+        assert time.monotonic() < deadline, f"gave up waiting for {what}"
+        time.sleep(0.05)
+
+
+def test_a_client_that_leaves_mid_import_leaves_nothing(srv: Server) -> None:
+    before = _listing(srv)
+    data = _tar(_layout())
+    head = (f"POST /api/import?model=left:test HTTP/1.1\r\nHost: 127.0.0.1:{srv.port}\r\n"
+            f"Content-Length: {len(data)}\r\n\r\n").encode()
+    with socket.create_connection(("127.0.0.1", srv.port)) as sock:
+        sock.sendall(head + data[: len(data) // 2])  # into the model layer, then gone
+        _wait_for(lambda: any(p.name.startswith(".tmp-") for p in (srv.models / "blobs").iterdir()),
+                  "the import to write the model layer's temp file")
+    _wait_for(lambda: _listing(srv) == before, "the temp file to go")
+    assert httpx.get(f"{srv.url}/api/tags").status_code == 200  # and the server goes on
