@@ -175,16 +175,17 @@ class _Source:
     def __init__(self, read_chunk: Callable[[], bytes]) -> None:
         self._read_chunk = read_chunk
         self._buffer = b""
+        self._offset = 0  # into _buffer: tarfile reads in 10 KiB steps, and slicing off each would copy
         self._ended = False
         self.header_budget: int | None = None
 
     def read(self, size: int = -1) -> bytes:
-        if not self._buffer and not self._ended:
-            self._buffer = self._read_chunk()
+        if self._offset >= len(self._buffer) and not self._ended:
+            self._buffer, self._offset = self._read_chunk(), 0
             self._ended = not self._buffer
-        if size < 0:
-            size = len(self._buffer)
-        data, self._buffer = self._buffer[:size], self._buffer[size:]
+        end = len(self._buffer) if size < 0 else min(len(self._buffer), self._offset + size)
+        data = self._buffer[self._offset:end]
+        self._offset = end
         if self.header_budget is not None:
             self.header_budget -= len(data)
             if self.header_budget < 0:
