@@ -296,6 +296,13 @@ class Config:
             "OLLAMA_NOPRUNE", _Env.flag, "Keep unreferenced model blobs at start-up instead of deleting them"
         ),
     )
+    #: Read-only is also chosen, whatever this says, for a folder this server cannot write.
+    models_readonly: bool = field(
+        default=False,
+        metadata=_var(
+            "OLLAMA_MODELS_READONLY", _Env.flag, "Only read the models folder (one of several servers on it)"
+        ),
+    )
     allowed_origins: tuple[str, ...] = field(
         default=_DEFAULT_ORIGINS,
         metadata=_var(

@@ -26,6 +26,7 @@ from appliance.engine.scheduler import Scheduler
 from appliance.errors import ApplianceError, public_message
 from appliance.server import anthropic, archive, bodies, cloud, connections, models, native, openai, transfer
 from appliance.server import openapi as openapi_doc
+from appliance.server import replicas as scale_out
 from appliance.server import ui as chat_page
 from appliance.server.requests import body_left_unread
 from appliance.store.local import Store
@@ -68,21 +69,27 @@ def create_app(cfg: envconfig.Config, store: Store | None = None) -> QuartTrio:
     app.register_blueprint(archive.bp)
     app.register_blueprint(openapi_doc.bp)
     app.register_blueprint(cloud.bp)
+    app.register_blueprint(scale_out.bp)
 
     @app.before_serving
     async def startup() -> None:
         st: Store = current_app.extensions["appliance.store"]
-        await trio.to_thread.run_sync(st.ensure_dirs)
-        # OLLAMA_NOPRUNE keeps unused blobs, never the dead temp files of a killed writer.
-        await trio.to_thread.run_sync(st.prune, math.inf if cfg.noprune else 3600.0)
+        if reason := await trio.to_thread.run_sync(st.decide_read_only, cfg.models_readonly):
+            log.info("models folder is read-only (%s): serving only, nothing pruned", reason)
+        else:
+            await trio.to_thread.run_sync(st.ensure_dirs)
+            # OLLAMA_NOPRUNE keeps unused blobs, never the dead temp files of a killed writer.
+            await trio.to_thread.run_sync(st.prune, math.inf if cfg.noprune else 3600.0)
         scheduler.system = await trio.to_thread.run_sync(gpu.discover)
         scheduler.threads = scheduler.system.threads or scheduler.threads
         log.info(gpu.describe(scheduler.system))
         app.nursery.start_soon(_log_llama_backend)
         await app.nursery.start(scheduler.run)
+        app.extensions[scale_out.SERVING] = True
 
     @app.after_serving
     async def shutdown() -> None:
+        app.extensions[scale_out.SERVING] = False
         with trio.move_on_after(RUNNER_STOP_GRACE_S + 2):  # runners are killed once this passes
             await scheduler.aclose()
 
@@ -102,6 +109,7 @@ def create_app(cfg: envconfig.Config, store: Store | None = None) -> QuartTrio:
     app.after_request(chat_page.vary_on_accept)  # runs after add_cors, which sets Vary: Origin
 
     app.before_request(cloud.refuse_cloud_models)  # after the guard: a refused Host gets no body read
+    app.before_request(scale_out.refuse_writes_to_read_only_store)  # after the guard, before any body
 
     @app.after_request
     async def add_cors(response: Response) -> Response:

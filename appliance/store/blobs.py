@@ -26,6 +26,7 @@ from typing import BinaryIO
 
 from appliance.errors import BlobNotFound, DigestMismatch, InsufficientStorage, InvalidDigest
 from appliance.store.lock import StoreLock
+from appliance.store.readonly import StoreReadOnly
 
 _DIGEST_RE = re.compile(r"sha256[:-]([0-9a-fA-F]{64})")
 _BLOB_FILE_RE = re.compile(r"sha256-[0-9a-f]{64}")
@@ -92,6 +93,8 @@ class BlobWriter:
         self.expected = parse_digest(expected) if expected is not None else None
         self._hash = hashlib.sha256()
         self.size = 0
+        if store.read_only_reason:
+            raise StoreReadOnly(store.read_only_reason)
         with translate_disk_full(store.blobs_dir), store.lock:
             store.blobs_dir.mkdir(parents=True, exist_ok=True)
             self.temp_path = store.blobs_dir / f"{TEMP_PREFIX}{secrets.token_hex(8)}"
@@ -177,6 +180,7 @@ class BlobStore:
         self.models_dir = Path(models_dir)
         self.blobs_dir = self.models_dir / "blobs"
         self.lock = lock or StoreLock(self.models_dir)
+        self.read_only_reason = ""  # set by Store.decide_read_only: no writer may open
 
     def path(self, digest: str) -> Path:
         """The file a digest lives in (validated; never outside ``blobs/``)."""

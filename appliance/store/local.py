@@ -6,6 +6,9 @@ that changes which blobs are referenced: a manifest is written only after checki
 that every blob it names is present with its size, and delete and prune decide what to remove under
 the same lock.  So no interleaving of create, copy, pull, delete and prune can leave a manifest that
 points at a missing blob.
+
+A store may be read-only for this server (:mod:`appliance.store.readonly`): then every change raises
+StoreReadOnly (403) before touching a file, and a prune removes nothing.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from appliance.store.lock import StoreLock
 from appliance.store.manifests import Manifest, ManifestStore, StoredManifest
 from appliance.store.model import Model, load_model
 from appliance.store.names import Name
+from appliance.store.readonly import StoreReadOnly, read_only_reason
 
 log = logging.getLogger(__name__)
 
@@ -33,8 +37,26 @@ class Store:
         self.lock = StoreLock(self.root)
         self.blobs = BlobStore(self.root, self.lock)
         self.manifests = ManifestStore(self.root)
+        #: Why this server must not write here ("" when it may); see :meth:`decide_read_only`.
+        self.read_only_reason = ""
+
+    @property
+    def read_only(self) -> bool:
+        return bool(self.read_only_reason)
+
+    def decide_read_only(self, requested: bool = False) -> str:
+        """Find out (once, at start-up) whether this server may write here; returns the reason it may not."""
+        folders = (self.blobs.blobs_dir, self.manifests.root)
+        self.read_only_reason = read_only_reason(self.root, folders, requested)
+        self.blobs.read_only_reason = self.read_only_reason
+        return self.read_only_reason
+
+    def refuse_if_read_only(self) -> None:
+        if self.read_only_reason:
+            raise StoreReadOnly(self.read_only_reason)
 
     def ensure_dirs(self) -> None:
+        self.refuse_if_read_only()
         self.blobs.blobs_dir.mkdir(parents=True, exist_ok=True)
         self.manifests.root.mkdir(parents=True, exist_ok=True)
 
@@ -64,6 +86,7 @@ class Store:
         Check and write happen under the store lock, so a concurrent delete or prune cannot remove a
         blob in between.
         """
+        self.refuse_if_read_only()
         with self.lock:
             self.check_blobs(manifest)
             if data is None:
@@ -73,6 +96,7 @@ class Store:
 
     def copy(self, source: Name, destination: Name) -> None:
         """Copy a manifest; a source with a missing blob is refused rather than copied broken."""
+        self.refuse_if_read_only()
         with self.lock:
             stored = self.manifests.get(source)
             self.check_blobs(stored.manifest)
@@ -80,6 +104,7 @@ class Store:
 
     def delete(self, name: Name) -> None:
         """Remove a model's manifest and every blob no other manifest still uses."""
+        self.refuse_if_read_only()
         with self.lock:
             removed = self.manifests.delete(name)
             in_use: set[str] = set()
@@ -106,6 +131,7 @@ class Store:
 
     def remove_unused(self, digests: set[str]) -> None:
         """Remove those of ``digests`` that no manifest uses any more (after a manifest was replaced)."""
+        self.refuse_if_read_only()
         with self.lock:
             for digest in digests - self.referenced_digests():
                 self.blobs.remove(digest)
@@ -126,7 +152,12 @@ class Store:
                 pass
 
     def prune(self, grace_s: float = 3600.0) -> builtins.list[str]:
-        """Remove blobs no manifest references (older than ``grace_s``) and stale temp files."""
+        """Remove blobs no manifest references (older than ``grace_s``) and stale temp files.
+
+        Nothing on a read-only store: the temp files and partial downloads there may be another
+        server's work in progress."""
+        if self.read_only_reason:
+            return []
         with self.lock:
             self.manifests.remove_stale_temps()
             self._remove_stale_link_folders(grace_s)

@@ -14,9 +14,11 @@ Two layers, because two kinds of concurrency share a models folder:
   kernel drops it when its holder dies, so a ``kill -9`` never leaves the store locked.
 
 The flock is taken only by the outermost holder in this process (flock locks belong to an open
-file, so a nested flock in the same process would not exclude anything anyway).  A folder the
-lock file cannot be created in (read-only, missing) falls back to the thread lock alone: nothing
-can be written there, so there is nothing to race.
+file, so a nested flock in the same process would not exclude anything anyway).  Taking it needs
+no write access: where this server may only read (a read-only mount of a folder that another server
+writes), an existing lock file is opened read-only, which flock accepts, so a locking reader (an
+export) still excludes that writer's delete.  Where the lock file neither exists nor can be created,
+the thread lock alone is used: no process writes there, so there is nothing to race.
 """
 
 from __future__ import annotations
@@ -67,9 +69,12 @@ class StoreLock:
     def _lock_file(self) -> int | None:
         try:
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
-        except OSError as exc:
-            log.debug("store lock %s unavailable (%s); locking this process only", self.path, exc)
-            return None
+        except OSError:
+            try:
+                fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
+            except OSError as exc:
+                log.debug("store lock %s unavailable (%s); locking this process only", self.path, exc)
+                return None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)  # blocks while another process holds it (always briefly)
         except BaseException:
