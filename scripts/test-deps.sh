@@ -9,6 +9,7 @@
 #   systemd          for systemd-analyze, which verifies the unit and override install.sh writes
 #   tmux             drives `ollama run` in a real terminal (tests/cli/test_interactive.py)
 #   skopeo           reads `ollama export`'s OCI archive as a standard tool (tests/e2e/test_export_import.py)
+#   chromium, chromium-driver  a real browser for the chat page (tests/e2e/test_chat_page.py)
 #   podman, runc     build and run the container image (tests/container/test_image.py)
 # Quick when everything is present; without apt (or root/sudo) it only says what is missing.
 
@@ -21,6 +22,8 @@ ensure_test_tools() {
     command -v systemd-analyze >/dev/null 2>&1 || missing="$missing systemd"
     command -v tmux >/dev/null 2>&1 || missing="$missing tmux"
     command -v skopeo >/dev/null 2>&1 || missing="$missing skopeo"
+    command -v chromium >/dev/null 2>&1 || missing="$missing chromium"
+    command -v chromedriver >/dev/null 2>&1 || missing="$missing chromium-driver"
     command -v podman >/dev/null 2>&1 || missing="$missing podman"
     command -v runc >/dev/null 2>&1 || [ -x /usr/sbin/runc ] || missing="$missing runc"
     [ -f /usr/include/zlib.h ] || missing="$missing zlib1g-dev"
