@@ -138,6 +138,7 @@
     }
     if (els.model.value !== model) return; // another model was picked meanwhile
     els.model.dataset.capabilities = capabilities.join(" ");
+    els.model.dataset.shown = model; // the model these capabilities are of
     const vision = capabilities.includes("vision");
     els.attachLabel.hidden = !vision;
     if (!vision && pendingImages.length) {
