@@ -309,6 +309,15 @@ class Config:
             "OLLAMA_ORIGINS", _read_origins, "More browser origins allowed to call the API, comma separated"
         ),
     )
+    #: "" = no keys: every route is open, as in Ollama.  A value starting with "/" or "~/" is a file
+    #: (read by the server at start-up, see appliance/server/auth.py); anything else is a list.
+    api_keys: str = field(
+        default="",
+        metadata=_var(
+            "OLLAMA_API_KEYS", _Env.text,
+            "API keys clients must send: a key file (/path) or k1,k2 (default off)",
+        ),
+    )
     sched_spread: bool = field(
         default=False, metadata=_var("OLLAMA_SCHED_SPREAD", _Env.flag, "Spread every model across all GPUs")
     )
@@ -386,6 +395,12 @@ class Config:
     auth: bool = field(
         default=False, metadata=_var("OLLAMA_AUTH", _Env.flag, "Sign the client's requests to the server")
     )
+    api_key: str = field(
+        default="",
+        metadata=_var(
+            "OLLAMA_API_KEY", _Env.text, "API key the ollama command sends (Authorization: Bearer)"
+        ),
+    )
     nohistory: bool = field(
         default=False,
         metadata=_var("OLLAMA_NOHISTORY", _Env.flag, "Do not keep a prompt history for ollama run"),
@@ -441,7 +456,9 @@ class Config:
         """Variable -> effective value as text, in ``describe()`` order (for the start-up log)."""
         result = {}
         for f in fields(self):
-            result[f.metadata["env"]] = str(getattr(self, f.name))
+            value = getattr(self, f.name)
+            secret = f.name == "api_key" or (f.name == "api_keys" and not api_keys_path(value))
+            result[f.metadata["env"]] = "***" if secret and value else str(value)
             if f.name == "host":
                 result[_PORT_HELP[0]] = str(self.host.port)
         return result
@@ -455,6 +472,19 @@ def describe() -> list[tuple[str, str]]:
         if f.name == "host":
             result.append(_PORT_HELP)
     return result
+
+
+def api_keys_path(spec: str) -> str | None:
+    """The key file OLLAMA_API_KEYS names, or None when it is a comma-separated list of keys.
+
+    The rule: a value starting with ``/`` or ``~/`` is a path (``~`` is the server's home); anything
+    else is the keys themselves, so a key must not start with ``/``.
+    """
+    if spec.startswith("/"):
+        return spec
+    if spec.startswith("~/"):
+        return str(Path(os.path.expanduser("~")) / spec[2:])
+    return None
 
 
 @functools.cache
@@ -730,6 +760,7 @@ __all__ = [
     "TRACE",
     "Config",
     "Host",
+    "api_keys_path",
     "describe",
     "host_header_allowed",
     "is_loopback_bind",

@@ -12,6 +12,7 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 
@@ -42,16 +43,22 @@ def _raise_for(response: httpx.Response) -> None:
 
 
 class Client:
-    def __init__(self, base_url: str | None = None, timeout: float | None = None) -> None:
-        self.base_url = (base_url or envconfig.load().host.url).rstrip("/")
+    def __init__(self, base_url: str | None = None, timeout: float | None = None,
+                 api_key: str | None = None) -> None:
+        cfg = envconfig.load()
+        self.base_url = (base_url or cfg.host.url).rstrip("/")
         url = httpx.URL(self.base_url)
         local: dict[str, Any] = {}
         if url.scheme == "http" and envconfig.is_loopback_literal(url.host):
             # A local server over plain http: never through HTTP(S)_PROXY (Go's ProxyFromEnvironment,
             # which Ollama's CLI uses, skips loopback too), and no TLS, so no CA bundle to load (~50 ms).
             local = {"trust_env": False, "verify": False}
+        headers = {"User-Agent": "ollama-appliance-cli"}
+        key = cfg.api_key if api_key is None else api_key
+        if key:  # OLLAMA_API_KEY, for a server with OLLAMA_API_KEYS set
+            headers["Authorization"] = f"Bearer {key}"
         self._http = httpx.Client(base_url=self.base_url, timeout=httpx.Timeout(timeout, connect=10.0),
-                                  headers={"User-Agent": "ollama-appliance-cli"}, **local)
+                                  headers=headers, **local)
 
     def close(self) -> None:
         self._http.close()
@@ -140,3 +147,11 @@ class Client:
 
     def ps(self) -> builtins.list[dict[str, Any]]:  # plain `list` here would mean Client.list
         return list(self._request("GET", "/api/ps").json().get("models") or [])
+
+    def requests(self) -> builtins.list[dict[str, Any]]:
+        """GET /api/requests: the generations queued and running (this server's, not Ollama's)."""
+        return list(self._request("GET", "/api/requests").json().get("requests") or [])
+
+    def cancel_request(self, request_id: str) -> dict[str, Any]:
+        """DELETE /api/requests/<id>."""
+        return dict(self._request("DELETE", f"/api/requests/{quote(request_id, safe='')}").json())

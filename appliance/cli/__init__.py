@@ -171,7 +171,10 @@ def _cmd_ps(argv: Sequence[str]) -> int:
 
     parser = _parser("ps", "List running models")
     parser.add_argument("filters", nargs="*", metavar="MODEL")
-    return run_ps(parser.parse_args(argv).filters)
+    parser.add_argument("-a", "--all", action="store_true",
+                        help="Also list the generations queued and running (GET /api/requests)")
+    args = parser.parse_args(argv)
+    return run_ps(args.filters, args.all)
 
 
 def _cmd_list(argv: Sequence[str]) -> int:

@@ -6,7 +6,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from appliance.api.client import Client, ResponseError
-from appliance.cli.format import human_bytes, human_time, parse_time, table
+from appliance.cli.format import human_bytes, human_duration, human_time, parse_time, table
 from appliance.cli.run import load_or_unload
 
 
@@ -43,12 +43,30 @@ def ps_rows(models: list[dict[str, Any]], prefix: str = "", now: datetime | None
     return rows
 
 
-def run_ps(filters: list[str]) -> int:
+def request_rows(requests: list[dict[str, Any]], prefix: str = "") -> list[list[str]]:
+    """``ollama ps -a``'s second table: the generations queued and running, oldest first."""
+    rows = []
+    for r in requests:
+        model = str(r.get("model") or "")
+        if not model.startswith(prefix):
+            continue
+        age = float(r.get("age_seconds") or 0)
+        rows.append([str(r.get("id") or ""), model, str(r.get("route") or ""), str(r.get("state") or ""),
+                     f"{age:.0f}s" if age < 120 else human_duration(age), str(int(r.get("tokens") or 0)),
+                     str(r.get("client") or "")])
+    return rows
+
+
+def run_ps(filters: list[str], all_requests: bool = False) -> int:
+    prefix = filters[0] if filters else ""  # like Ollama, only the first argument filters (by name prefix)
     with Client() as client:
         models = client.ps()
-    # Like Ollama, only the first argument filters (by name prefix).
-    rows = ps_rows(models, filters[0] if filters else "")
-    print(table(["NAME", "ID", "SIZE", "PROCESSOR", "CONTEXT", "UNTIL"], rows))
+        requests = client.requests() if all_requests else []
+    print(table(["NAME", "ID", "SIZE", "PROCESSOR", "CONTEXT", "UNTIL"], ps_rows(models, prefix)))
+    if all_requests:
+        print()
+        print(table(["REQUEST", "MODEL", "ROUTE", "STATE", "AGE", "TOKENS", "CLIENT"],
+                    request_rows(requests, prefix)))
     return 0
 
 

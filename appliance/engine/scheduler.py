@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field, replace
@@ -87,6 +87,26 @@ class Loaded:
         return self.options.num_ctx
 
 
+@dataclass(frozen=True)
+class LoadedStatistics:
+    """One loaded runner, as /metrics reports it."""
+
+    model: str
+    estimated_bytes: int
+    vram_bytes: int
+
+
+@dataclass(frozen=True)
+class SchedulerStatistics:
+    """What the scheduler is doing: requests waiting for a slot, runners loaded, runners started and
+    crashed (by model name, since the server started)."""
+
+    waiting: int
+    loaded: tuple[LoadedStatistics, ...]
+    runner_starts: tuple[tuple[str, int], ...]
+    runner_crashes: tuple[tuple[str, int], ...]
+
+
 def memory_available() -> int:
     """MemAvailable from /proc/meminfo (bytes); a large number where it cannot be read."""
     try:
@@ -136,6 +156,8 @@ class Scheduler:
         self._loadable: dict[str, str] = {}  # blob path -> what llama.cpp loads (itself or a translation)
         self._translate_lock = trio.Lock()
         self.memory_available = memory_available  # replaceable, for tests of memory-driven eviction
+        self._runner_starts: Counter[str] = Counter()
+        self._runner_crashes: Counter[str] = Counter()
 
     # -- life cycle -----------------------------------------------------------------------------
 
@@ -441,6 +463,7 @@ class Scheduler:
             options.num_thread,
         )
         t0 = time.perf_counter()
+        self._runner_starts[model.name.display] += 1
         try:
             with trio.fail_after(self.cfg.load_timeout_s):
                 await self._nursery.start(self._serve, loaded)
@@ -454,7 +477,7 @@ class Scheduler:
         return loaded
 
     async def _serve(self, loaded: Loaded, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
-        started = False
+        started = crashed = False
 
         async def relay(*, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
             await loaded.runner.run(task_status=task_status)
@@ -467,10 +490,12 @@ class Scheduler:
                     self.loaded.append(loaded)
                     started = True
                     task_status.started()
-            except BaseExceptionGroup:
+            except BaseExceptionGroup as group:
                 if not started:
+                    crashed = bool(_first_message(group))  # died loading, not a cancelled load
                     raise
                 if not loaded.unloading:
+                    crashed = True
                     log.warning(
                         "runner for %s stopped: %s", loaded.model.name.display,
                         loaded.runner.failure_message(),
@@ -480,10 +505,14 @@ class Scheduler:
                     self.loaded.remove(loaded)
                 loaded.gone.set()
                 self._notify()
+                if crashed:
+                    self._runner_crashes[loaded.model.name.display] += 1
         if started and loaded.runner.dead and not scope.cancel_called and not loaded.unloading:
             log.warning(
                 "runner for %s exited: %s", loaded.model.name.display, loaded.runner.failure_message()
             )
+            if not crashed:
+                self._runner_crashes[loaded.model.name.display] += 1
 
     async def _unload(self, loaded: Loaded) -> None:
         loaded.unloading = True
@@ -511,6 +540,13 @@ class Scheduler:
 
     def running(self) -> list[Loaded]:
         return [lo for lo in self.loaded if not lo.runner.dead]
+
+    def statistics(self) -> SchedulerStatistics:
+        """A snapshot for /metrics."""
+        loaded = tuple(LoadedStatistics(lo.model.name.display, lo.estimated_bytes, lo.vram_bytes)
+                       for lo in self.running())
+        return SchedulerStatistics(self.waiting, loaded, tuple(self._runner_starts.items()),
+                                   tuple(self._runner_crashes.items()))
 
 
 def _physical_cores() -> int:

@@ -24,7 +24,21 @@ from appliance.engine import gpu
 from appliance.engine.process import RUNNER_STOP_GRACE_S
 from appliance.engine.scheduler import Scheduler
 from appliance.errors import ApplianceError, public_message
-from appliance.server import anthropic, archive, bodies, cloud, connections, models, native, openai, transfer
+from appliance.server import (
+    anthropic,
+    archive,
+    auth,
+    bodies,
+    cloud,
+    connections,
+    models,
+    native,
+    openai,
+    pipeline,
+    requests_control,
+    transfer,
+)
+from appliance.server import metrics as metrics_routes
 from appliance.server import openapi as openapi_doc
 from appliance.server import replicas as scale_out
 from appliance.server import ui as chat_page
@@ -60,6 +74,12 @@ def create_app(cfg: envconfig.Config, store: Store | None = None) -> QuartTrio:
     app.extensions["appliance.config"] = cfg
     app.extensions["appliance.store"] = store or Store(cfg.models_dir)
     app.extensions["appliance.scheduler"] = scheduler = Scheduler(cfg)
+    # The request pipeline (README "Metrics, API keys and request control"): ids, metrics and the
+    # access log wrap the whole app; keys are checked by a hook after the Host/Origin guard.
+    app.extensions["appliance.api_keys"] = auth.load_keys(cfg)
+    app.extensions["appliance.requests"] = requests_control.RequestTracker()
+    app.extensions["appliance.metrics"] = metrics = metrics_routes.Metrics(scheduler)
+    app.asgi_app = pipeline.RequestPipeline(app.asgi_app, metrics)  # type: ignore[method-assign]
     bodies.install(app)  # request bodies that push back: a blob upload never piles up in memory
     app.register_blueprint(models.bp)
     app.register_blueprint(native.bp)
@@ -69,6 +89,8 @@ def create_app(cfg: envconfig.Config, store: Store | None = None) -> QuartTrio:
     app.register_blueprint(archive.bp)
     app.register_blueprint(openapi_doc.bp)
     app.register_blueprint(cloud.bp)
+    app.register_blueprint(metrics_routes.bp)
+    app.register_blueprint(requests_control.bp)
     app.register_blueprint(scale_out.bp)
 
     @app.before_serving
@@ -93,6 +115,8 @@ def create_app(cfg: envconfig.Config, store: Store | None = None) -> QuartTrio:
         with trio.move_on_after(RUNNER_STOP_GRACE_S + 2):  # runners are killed once this passes
             await scheduler.aclose()
 
+    app.before_request(pipeline.note_route)  # first: even a refused request is counted by its route
+
     @app.before_request
     async def guard() -> Response | None:
         if not envconfig.host_header_allowed(request.headers.get("Host", ""), cfg):
@@ -108,6 +132,7 @@ def create_app(cfg: envconfig.Config, store: Store | None = None) -> QuartTrio:
     app.before_request(chat_page.serve_page_to_browsers)
     app.after_request(chat_page.vary_on_accept)  # runs after add_cors, which sets Vary: Origin
 
+    app.before_request(auth.require_key)  # after the guard and the CORS preflight, before any body read
     app.before_request(cloud.refuse_cloud_models)  # after the guard: a refused Host gets no body read
     app.before_request(scale_out.refuse_writes_to_read_only_store)  # after the guard, before any body
 
@@ -202,7 +227,14 @@ async def _log_llama_backend() -> None:
 
 async def serve(cfg: envconfig.Config, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
     """Serve until SIGINT/SIGTERM, then shut down cleanly."""
-    app = create_app(cfg)
+    try:
+        app = create_app(cfg)
+    except auth.KeyFileError as exc:
+        log.error("%s", exc)
+        raise SystemExit(1) from None
+    if not envconfig.is_loopback_bind(cfg) and not app.extensions["appliance.api_keys"].required:
+        log.warning("listening on %s without API keys: anyone who can reach this port can use every model; "
+                    "set OLLAMA_API_KEYS (see ollama serve --help)", cfg.host.host or "every interface")
     hc = _hypercorn_config(cfg)
     connections.install(cfg.max_connections, cfg.read_timeout_s)
     log.info(startup_banner(cfg))

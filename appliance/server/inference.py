@@ -6,13 +6,14 @@ Native, OpenAI and Anthropic routes all build a :class:`Generation` and iterate
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import secrets
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import trio
 
@@ -25,7 +26,8 @@ from appliance.engine.scheduler import Loaded, Scheduler
 from appliance.errors import BadRequest
 from appliance.prompt import output, render
 from appliance.prompt.builtin import think_on
-from appliance.server import image_prompt
+from appliance.server import image_prompt, requests_control
+from appliance.server.requests_control import RequestCancelled, Tracked
 from appliance.store.gguf import GGUFInfo
 from appliance.store.local import Store
 from appliance.store.model import Model, capabilities
@@ -280,37 +282,81 @@ async def build_prompt(gen: Generation, info: GGUFInfo, loaded: Loaded) -> str:
 
 
 async def generate(gen: Generation, scheduler: Scheduler) -> AsyncIterator[Chunk]:
-    """Run one generation; yields content/thinking/tool-call chunks and a final ``done`` chunk."""
+    """Run one generation; yields content/thinking/tool-call chunks and a final ``done`` chunk.
+
+    The generation is listed by ``GET /api/requests`` while it runs; cancelled there, it ends with a
+    final chunk whose ``done_reason`` is ``"cancelled"`` (see requests_control.py).
+    """
     t0 = time.perf_counter_ns()
-    info = await check_capabilities(gen, scheduler)
-    decoded = await _decode_images(gen)  # before loading: a bad image must not cost a model load
-    grammar = await trio.to_thread.run_sync(format_grammar, gen.format) if gen.format is not None else None
-    async with scheduler.use(gen.model, gen.options, gen.keep_alive_s) as loaded:
-        t_loaded = time.perf_counter_ns()
-        splitter = _splitter(gen, info)
-        prompt = await build_prompt(dataclasses.replace(gen, tools=splitter.prompt_tools), info, loaded)
-        splitter.prompt_ready(prompt)
-        if gen.context:
-            async for event in loaded.runner.request({"op": "detokenize", "tokens": gen.context}):
-                prompt = str(event.get("text", "")) + prompt
-        request: dict[str, Any] = {"op": "completion", "options": gen.options}
-        request.update(truncate=gen.truncate, shift=gen.shift)
-        if decoded:
-            prompt, sent = image_prompt.place(prompt, decoded)
-            if sent:
-                request["images"] = [image.to_wire() for image in sent]
-        request["prompt"] = prompt
-        if grammar is not None:
-            request["grammar"] = grammar
-        if gen.logprobs:
-            request.update(logprobs=True, top_logprobs=gen.top_logprobs)
-        generated: list[str] = []
-        if gen.stop_sequences:  # the caller's own stops, on top of the model's (the runner names the hit)
-            stops = list(gen.options.get("stop") or [])
-            extra = [s for s in gen.stop_sequences if s not in stops]
-            request["options"] = {**gen.options, "stop": stops + extra}
-        async for event in loaded.runner.request(request):
+    tracked = requests_control.begin(gen.model.name.display)
+    try:
+        info = await check_capabilities(gen, scheduler)
+        decoded = await _decode_images(gen)  # before loading: a bad image must not cost a model load
+        grammar = None
+        if gen.format is not None:
+            grammar = await trio.to_thread.run_sync(format_grammar, gen.format)
+        async with contextlib.AsyncExitStack() as stack:
+            try:
+                loaded = await tracked.interruptible(
+                    stack.enter_async_context, scheduler.use(gen.model, gen.options, gen.keep_alive_s))
+            except RequestCancelled:
+                yield _cancelled(tracked, t0, time.perf_counter_ns())
+                return
+            tracked.mark_running()
+            t_loaded = time.perf_counter_ns()
+            splitter = _splitter(gen, info)
+            prompt = await build_prompt(dataclasses.replace(gen, tools=splitter.prompt_tools), info, loaded)
+            splitter.prompt_ready(prompt)
+            if gen.context:
+                async for event in loaded.runner.request({"op": "detokenize", "tokens": gen.context}):
+                    prompt = str(event.get("text", "")) + prompt
+            request = _completion_request(gen, prompt, decoded, grammar)
+            async for chunk in _decode(gen, loaded, request, splitter, tracked, (t0, t_loaded)):
+                yield chunk
+    finally:
+        tracked.end()
+
+
+def _completion_request(gen: Generation, prompt: str, decoded: list[Image],
+                        grammar: str | None) -> dict[str, Any]:
+    """The runner's ``completion`` op for ``gen`` and its rendered ``prompt``."""
+    request: dict[str, Any] = {"op": "completion", "options": gen.options}
+    request.update(truncate=gen.truncate, shift=gen.shift)
+    if decoded:
+        prompt, sent = image_prompt.place(prompt, decoded)
+        if sent:
+            request["images"] = [image.to_wire() for image in sent]
+    request["prompt"] = prompt
+    if grammar is not None:
+        request["grammar"] = grammar
+    if gen.logprobs:
+        request.update(logprobs=True, top_logprobs=gen.top_logprobs)
+    if gen.stop_sequences:  # the caller's own stops, on top of the model's (the runner names the hit)
+        stops = list(gen.options.get("stop") or [])
+        extra = [s for s in gen.stop_sequences if s not in stops]
+        request["options"] = {**gen.options, "stop": stops + extra}
+    return request
+
+
+async def _decode(gen: Generation, loaded: Loaded, request: dict[str, Any], splitter: output.OutputSplitter,
+                  tracked: Tracked, times: tuple[int, int]) -> AsyncIterator[Chunk]:
+    """The runner's events for ``request`` as chunks; waits for each event only while not cancelled."""
+    generated: list[str] = []
+    events = cast(AsyncGenerator[dict[str, Any], None], loaded.runner.request(request))
+    async with contextlib.aclosing(events):
+        while True:
+            try:
+                event = await tracked.interruptible(anext, events)
+            except StopAsyncIteration:
+                return
+            except RequestCancelled:  # the runner was told to cancel as its request ended
+                tail = _flush(splitter)
+                if tail.content or tail.thinking or tail.tool_calls:
+                    yield tail
+                yield _cancelled(tracked, *times)
+                return
             if event.get("event") == "token":
+                tracked.count_token()
                 text = str(event.get("text", ""))
                 generated.append(text)
                 chunk = _parse(text, splitter)
@@ -321,28 +367,49 @@ async def generate(gen: Generation, scheduler: Scheduler) -> AsyncIterator[Chunk
                 tail = _flush(splitter)
                 if tail.content or tail.thinking or tail.tool_calls:
                     yield tail
-                matched = event.get("stop_sequence")
-                final = Chunk(done=True, done_reason=str(event.get("done_reason", "stop")),
-                              stop_sequence=matched if matched in gen.stop_sequences else None)
-                final.metrics = {
-                    "total_duration": time.perf_counter_ns() - t0,
-                    "load_duration": t_loaded - t0,
-                    "prompt_eval_count": int(event.get("prompt_eval_count", 0)),
-                    "prompt_eval_duration": int(event.get("prompt_eval_duration", 0)),
-                    "eval_count": int(event.get("eval_count", 0)),
-                    "eval_duration": int(event.get("eval_duration", 0)),
-                }
-                if "draft_count" in event:  # speculative decoding: how often the draft guessed right
-                    drafted, accepted = int(event["draft_count"]), int(event.get("draft_accepted", 0))
-                    log.debug("%s: draft acceptance %d/%d (%.1f%%) over %d tokens", gen.model.name.display,
-                              accepted, drafted, 100.0 * accepted / drafted if drafted else 0.0,
-                              final.metrics["eval_count"])
+                final = _final(gen, event, times)
+                tracked.finished(final.metrics["prompt_eval_count"], final.metrics["eval_count"],
+                                 final.metrics["eval_duration"])
                 if gen.want_context:
                     async for result in loaded.runner.request(
-                        {"op": "tokenize", "text": prompt + "".join(generated), "add_special": False}
+                        {"op": "tokenize", "text": str(request["prompt"]) + "".join(generated),
+                         "add_special": False}
                     ):
                         final.context = list(result.get("tokens") or [])
                 yield final
+
+
+def _final(gen: Generation, event: dict[str, Any], times: tuple[int, int]) -> Chunk:
+    """The ``done`` chunk for the runner's ``done`` event."""
+    t0, t_loaded = times
+    matched = event.get("stop_sequence")
+    final = Chunk(done=True, done_reason=str(event.get("done_reason", "stop")),
+                  stop_sequence=matched if matched in gen.stop_sequences else None)
+    final.metrics = {
+        "total_duration": time.perf_counter_ns() - t0,
+        "load_duration": t_loaded - t0,
+        "prompt_eval_count": int(event.get("prompt_eval_count", 0)),
+        "prompt_eval_duration": int(event.get("prompt_eval_duration", 0)),
+        "eval_count": int(event.get("eval_count", 0)),
+        "eval_duration": int(event.get("eval_duration", 0)),
+    }
+    if "draft_count" in event:  # speculative decoding: how often the draft guessed right
+        drafted, accepted = int(event["draft_count"]), int(event.get("draft_accepted", 0))
+        log.debug("%s: draft acceptance %d/%d (%.1f%%) over %d tokens", gen.model.name.display,
+                  accepted, drafted, 100.0 * accepted / drafted if drafted else 0.0,
+                  final.metrics["eval_count"])
+    return final
+
+
+def _cancelled(tracked: Tracked, t0: int, t_loaded: int) -> Chunk:
+    """The final chunk of a generation cancelled through ``DELETE /api/requests/<id>``."""
+    log.info("request %s (%s) cancelled after %d tokens", tracked.id, tracked.model, tracked.tokens)
+    tracked.finished(0, tracked.tokens, 0)
+    final = Chunk(done=True, done_reason="cancelled")
+    final.metrics = {"total_duration": time.perf_counter_ns() - t0, "load_duration": t_loaded - t0,
+                     "prompt_eval_count": 0, "prompt_eval_duration": 0, "eval_count": tracked.tokens,
+                     "eval_duration": 0}
+    return final
 
 
 async def count_prompt_tokens(gen: Generation, scheduler: Scheduler) -> int:

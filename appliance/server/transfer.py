@@ -10,12 +10,14 @@ and an abandoned one keeps its partial state for the next pull to resume.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
+from dataclasses import replace
 from typing import Any
 
 import trio
 from quart import Blueprint, current_app
 
 from appliance.errors import BadRequest, ModelNotFound
+from appliance.server.metrics import Metrics
 from appliance.server.requests import read_json, stream_flag
 from appliance.server.streaming import job_response
 from appliance.store import registry
@@ -70,7 +72,8 @@ async def pull() -> Any:
     name, insecure, stream = await _parse(await read_json())
     store = _store()
     cfg = current_app.extensions["appliance.config"]
-    settings = registry.settings_from_config(cfg)
+    metrics: Metrics = current_app.extensions["appliance.metrics"]
+    settings = replace(registry.settings_from_config(cfg), on_received=metrics.count_pulled)
 
     async def run(progress: ProgressFn) -> None:
         await registry.pull(store, name, insecure, progress, settings=settings, prune=not cfg.noprune)

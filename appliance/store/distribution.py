@@ -127,6 +127,8 @@ class TransferSettings:
     progress_interval_s: float = 0.1
     #: Registry host (``host[:port]``, lower case) -> credentials, offered only to that host.
     credentials: Mapping[str, Credentials] = field(default_factory=dict)
+    #: Told the size of every piece of blob body received by a download (the server's pull-bytes metric).
+    on_received: Callable[[int], None] | None = None
 
     def backoff(self, attempt: int) -> float:
         return min(self.retry_backoff_s * 2**attempt, self.max_backoff_s)

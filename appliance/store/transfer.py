@@ -388,6 +388,8 @@ async def _receive_body(response: httpx.Response, send: trio.MemorySendChannel[l
             room = wanted - queued - batched
             if len(chunk) > room:
                 chunk = chunk[:room]
+            if settings.on_received is not None:
+                settings.on_received(len(chunk))
             batch.append(chunk)
             batched += len(chunk)
             if batched >= WRITE_BYTES or trio.current_time() - last >= FLUSH_INTERVAL_S:
