@@ -11,6 +11,7 @@
 #   skopeo           reads `ollama export`'s OCI archive as a standard tool (tests/e2e/test_export_import.py)
 #   chromium, chromium-driver  a real browser for the chat page (tests/e2e/test_chat_page.py)
 #   podman, runc     build and run the container image (tests/container/test_image.py)
+#   nginx            the load balancer of docs/scaling/nginx.conf (tests/e2e/test_read_only_store.py)
 # Quick when everything is present; without apt (or root/sudo) it only says what is missing.
 
 ensure_test_tools() {
@@ -26,6 +27,7 @@ ensure_test_tools() {
     command -v chromedriver >/dev/null 2>&1 || missing="$missing chromium-driver"
     command -v podman >/dev/null 2>&1 || missing="$missing podman"
     command -v runc >/dev/null 2>&1 || [ -x /usr/sbin/runc ] || missing="$missing runc"
+    command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || missing="$missing nginx"
     [ -f /usr/include/zlib.h ] || missing="$missing zlib1g-dev"
     [ -n "$missing" ] || return 0
     sudo=
