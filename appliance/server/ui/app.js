@@ -162,8 +162,12 @@
     let prose = [];
     let code = null;
     let lang = "";
-    const flushProse = () => {
-      if (prose.length) html.push(prose.join("\n").replace(/`([^`\n]+)`/g, "<code>$1</code>"));
+    const flushProse = (beforeCode) => {
+      // A code block is a block of its own: the line break that leads into or out of it is dropped.
+      let text = prose.join("\n");
+      if (html.length) text = text.replace(/^\n/, "");
+      if (beforeCode) text = text.replace(/\n$/, "");
+      if (text) html.push(text.replace(/`([^`\n]+)`/g, "<code>$1</code>"));
       prose = [];
     };
     const flushCode = () => {
@@ -173,7 +177,7 @@
     for (const line of escapeHtml(text).split("\n")) {
       const fence = /^\s*```(.*)$/.exec(line);
       if (code === null && fence) {
-        flushProse();
+        flushProse(true);
         code = [];
         lang = fence[1].trim().replace(/[^\w+#.-]/g, "").slice(0, 32);
       } else if (code !== null && fence && !fence[1].trim()) {
@@ -184,7 +188,7 @@
         prose.push(line);
       }
     }
-    flushProse();
+    flushProse(false);
     if (code !== null) flushCode();
     return html.join("");
   }
