@@ -260,3 +260,42 @@ def test_images_attach_for_a_vision_model_only(page: WebDriver, chat_server: Ser
     [stored] = stored_conversations(page)
     assert stored["messages"][0]["images"] == [base64.b64encode(png(7)).decode()]
     assert not page.find_elements(By.CSS_SELECTOR, "#attachments img")
+
+
+def test_asks_for_the_api_key_once_and_sends_it(browser: WebDriver, tmp_path_factory: pytest.TempPathFactory,
+                                                smollm2_gguf: Path) -> None:
+    key = "chat-page-test-key-0123456789"
+    server = Server(tmp_path_factory.mktemp("chat-page-keys"), OLLAMA_API_KEYS=key).start()
+    try:
+        server.env["OLLAMA_API_KEY"] = key  # for the CLI that imports the model
+        server.import_smollm2(smollm2_gguf, BASE)
+        (server.home / "brief.Modelfile").write_text(f"FROM {BASE}\nPARAMETER num_predict 6\n")
+        server.cli("create", BRIEF, "-f", str(server.home / "brief.Modelfile"))
+        assert httpx.get(server.url + "/api/tags").status_code == 401
+
+        browser.get(server.url + "/")  # the page itself needs no key
+        browser.execute_script("localStorage.clear()")
+        browser.refresh()
+        dialog = browser.find_element(By.ID, "key-dialog")
+        wait_for(browser, dialog.is_displayed, "a 401 from /api/tags asks for a key", 30)
+        browser.find_element(By.ID, "key-input").send_keys("not-the-key")
+        browser.find_element(By.ID, "key-save").click()
+        wait_for(browser, lambda: "refused" in browser.find_element(By.ID, "key-error").text,
+                 "a refused key asks again", 30)
+        screenshot(browser, "chat-page-api-key.png")
+        browser.find_element(By.ID, "key-input").send_keys(key)
+        browser.find_element(By.ID, "key-save").click()
+        wait_for(browser, lambda: len(model_picker(browser).options) == 2, "the models load with the key", 30)
+        assert not dialog.is_displayed()
+        assert browser.execute_script("return localStorage.getItem('ollama-ui.apiKey')") == key
+
+        pick(browser, BRIEF)
+        reply = send(browser, "Say hello.")
+        wait_for(browser, lambda: reply.get_attribute("data-state") in ("done", "error"), "the answer completes")
+        assert reply.get_attribute("data-state") == "done" and reply_text(reply)
+
+        browser.refresh()  # the stored key is sent from the start: no second question
+        wait_for(browser, lambda: len(model_picker(browser).options) == 2, "the models load", 30)
+        assert not browser.find_element(By.ID, "key-dialog").is_displayed()
+    finally:
+        server.stop()
