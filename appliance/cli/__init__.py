@@ -33,6 +33,7 @@ Available Commands:
   cp          Copy a model
   rm          Remove a model
   doctor      Check this machine's setup and say how to fix what is wrong
+  worker      Lend this machine to a server's models (llama.cpp RPC worker)
   help        Help about any command
 
 Flags:
@@ -44,7 +45,7 @@ Use "ollama [command] --help" for more information about a command.
 
 #: Public commands, in the order of the help text (pinned by a test).
 COMMANDS = ("serve", "create", "show", "run", "stop", "pull", "push", "export", "import", "list", "ps", "cp",
-            "rm", "doctor", "help")
+            "rm", "doctor", "worker", "help")
 ALIASES = {"ls": "list", "start": "serve", "delete": "rm"}
 
 
@@ -212,6 +213,26 @@ def _cmd_doctor(argv: Sequence[str]) -> int:
     return run_doctor(as_json=parser.parse_args(argv).json)
 
 
+def _cmd_worker(argv: Sequence[str]) -> int:
+    from appliance.cli.worker import DEFAULT_CACHE, default_threads, run_worker
+
+    parser = _parser("worker", "Serve this machine's CPU or GPUs to a server's runners over llama.cpp's RPC "
+                     "protocol (the server lists workers in OLLAMA_RPC_SERVERS)")
+    parser.add_argument("--host", default="127.0.0.1",
+                        help="Address to listen on (default 127.0.0.1; the protocol has no authentication)")
+    parser.add_argument("-p", "--port", type=int, default=50052, help="Port to listen on (default 50052)")
+    parser.add_argument("-t", "--threads", type=int, default=default_threads(),
+                        help=f"Threads for the CPU device (default {default_threads()})")
+    parser.add_argument("-c", "--cache", nargs="?", const=str(DEFAULT_CACHE), default=None, metavar="DIR",
+                        help=f"Keep received tensors in a local cache (default folder {DEFAULT_CACHE})")
+    parser.add_argument("-d", "--device", action="append", default=[], metavar="NAME",
+                        help="A device to serve (repeat or comma-separate; default: every GPU, else the CPU)")
+    parser.add_argument("--list-devices", action="store_true", help="List this machine's devices and exit")
+    args = parser.parse_args(argv)
+    names = [n for spec in args.device for n in spec.replace("/", ",").split(",") if n]
+    return run_worker(args.host, args.port, args.threads, args.cache, names, args.list_devices)
+
+
 def _cmd_help(argv: Sequence[str]) -> int:
     if argv and argv[0] in HANDLERS and argv[0] != "help":
         return HANDLERS[argv[0]](["--help"])
@@ -298,6 +319,7 @@ HANDLERS: dict[str, Callable[[Sequence[str]], int]] = {
     "cp": _cmd_cp,
     "rm": _cmd_rm,
     "doctor": _cmd_doctor,
+    "worker": _cmd_worker,
     "help": _cmd_help,
     "quantize-worker": _cmd_quantize_worker,  # internal: run by the server in a child process
     "convert-safetensors": _cmd_convert_safetensors,  # internal: the server converts an import in a child
