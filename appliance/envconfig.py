@@ -164,6 +164,18 @@ def _read_list(env: _Env, key: str, default: tuple[str, ...]) -> tuple[str, ...]
     return tuple(filter(None, (item.strip() for item in env.text(key).split(",")))) or default
 
 
+def _read_endpoints(env: _Env, key: str, default: tuple[str, ...]) -> tuple[str, ...]:
+    """``host:port`` items as llama.cpp parses them (no IPv6 literal); a bad one is dropped with a warning."""
+    good = []
+    for item in _read_list(env, key, ()):
+        host, _, port = item.rpartition(":")
+        if host and ":" not in host and port.isdigit() and 0 < int(port) < 65536:
+            good.append(item)
+        else:
+            log.warning("%s: %r is not host:port; left out", key, item)
+    return tuple(dict.fromkeys(good)) or default
+
+
 def _read_origins(env: _Env, key: str, default: tuple[str, ...]) -> tuple[str, ...]:
     return (*_read_list(env, key, ()), *default)  # the built-in origins always stay
 
@@ -357,6 +369,12 @@ class Config:
             _Env.timeout,
             "How long a model load may stall before it fails (default 5m)",
         ),
+    )
+    #: llama.cpp RPC workers (``ollama worker``) a model's layers are spread over; unreachable ones are
+    #: left out at each load.
+    rpc_servers: tuple[str, ...] = field(
+        default=(),
+        metadata=_var("OLLAMA_RPC_SERVERS", _read_endpoints, "RPC workers for every model: host:port,..."),
     )
     multiuser_cache: bool = field(
         default=False,
