@@ -52,6 +52,7 @@ from appliance.store.gguf_rewrite import (
     renamed,
     write_copy,
 )
+from appliance.store.readonly import READ_ONLY_ERRNOS, TranslationNeedsWriter
 
 log = logging.getLogger(__name__)
 
@@ -531,12 +532,17 @@ def translated_copy(source: Path, models_dir: Path, *,
     final = folder / f"{source.name}-v{RULES_VERSION}.gguf"
     if final.is_file():
         return final
-    folder.mkdir(parents=True, exist_ok=True)
-    _remove_stale(folder, models_dir / "blobs")
     header = read_editable(source, info)
     verdict.rule.translate(header)
     log.info("%s: writing a translated copy for llama.cpp (%s)", source.name, verdict.reason)
-    write_copy(source, header, final, check_cancelled)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        _remove_stale(folder, models_dir / "blobs")
+        write_copy(source, header, final, check_cancelled)
+    except OSError as exc:
+        if exc.errno in READ_ONLY_ERRNOS:  # one of several servers on a folder it may only read
+            raise TranslationNeedsWriter() from exc
+        raise
     return final
 
 def _remove_stale(folder: Path, blobs: Path) -> None:

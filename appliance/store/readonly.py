@@ -50,6 +50,16 @@ class StoreReadOnly(Forbidden):
             "pulled, copied, imported or deleted here; send changes to the server that writes it")
 
 
+class TranslationNeedsWriter(Forbidden):
+    """A model llama.cpp loads only from a translated copy (store/gguf_compat.py) that is not there yet."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            "this model needs a translated copy for llama.cpp, and the models folder is read-only on "
+            "this server: load the model once on the server that writes the folder, which leaves the "
+            "copy there for every server")
+
+
 def _nearest_existing(path: Path) -> Path:
     while not path.exists() and path.parent != path:
         path = path.parent

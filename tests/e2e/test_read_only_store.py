@@ -29,6 +29,7 @@ import pytest
 
 from appliance.store.lock import LOCK_FILE, StoreLock
 from tests.conftest import ROOT, Server, free_port
+from tests.fixtures.mounts import read_only_bind
 
 EXAMPLE = ROOT / "docs" / "scaling" / "nginx.conf"
 CHAT = {"model": "smollm2:135m", "messages": [{"role": "user", "content": "Say hi."}],
@@ -50,18 +51,6 @@ def snapshot(root: Path) -> dict[str, tuple[int, str]]:
         digest = hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else ""
         result[str(path.relative_to(root))] = (st.st_mode, digest)
     return result
-
-
-@contextlib.contextmanager
-def read_only_bind(source: Path, target: Path) -> Iterator[Path]:
-    assert os.geteuid() == 0, "this test bind-mounts the models folder read-only: run it as root"
-    target.mkdir(parents=True)
-    subprocess.run(["mount", "--bind", str(source), str(target)], check=True)
-    try:
-        subprocess.run(["mount", "-o", "remount,bind,ro", str(target)], check=True)
-        yield target
-    finally:
-        subprocess.run(["umount", str(target)], check=True)
 
 
 @contextlib.contextmanager

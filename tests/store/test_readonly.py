@@ -1,8 +1,10 @@
 """A read-only store: every change is refused (403) before a file is touched, prune removes nothing,
-reads work, and the probe that finds a writable folder leaves nothing behind."""
+reads work, the probe that finds a writable folder leaves nothing behind, and a read-only mount is
+found (as root, who ignores file modes) and uses the translated copies its writer made."""
 
 from __future__ import annotations
 
+import hashlib
 import os
 import time
 from pathlib import Path
@@ -11,9 +13,18 @@ import pytest
 
 from appliance.errors import Forbidden
 from appliance.store.create import plan_create, run_create
+from appliance.store.gguf_compat import cache_dir, translated_copy
 from appliance.store.local import Store
 from appliance.store.names import parse_name
-from appliance.store.readonly import PROBE_PREFIX, REASON_SETTING, StoreReadOnly
+from appliance.store.readonly import (
+    PROBE_PREFIX,
+    REASON_MOUNT,
+    REASON_SETTING,
+    StoreReadOnly,
+    TranslationNeedsWriter,
+)
+from tests.fixtures.mounts import read_only_bind
+from tests.fixtures.ollama_layouts import write_ollama_gptoss
 from tests.fixtures.tiny_gguf import write_tiny_llama
 
 
@@ -79,3 +90,20 @@ def test_reads_work_on_a_read_only_store(folder):
     model = store.get(parse_name("base"))
     assert model.model_path is not None and model.model_path.is_file()
     store.check_blobs(store.manifests.get(parse_name("base")).manifest)
+
+
+def test_a_translated_copy_is_made_by_the_writer_and_used_by_a_read_only_server(tmp_path):
+    models = tmp_path / "models"
+    data = write_ollama_gptoss(tmp_path / "gptoss.gguf").read_bytes()
+    blob = models / "blobs" / f"sha256-{hashlib.sha256(data).hexdigest()}"
+    blob.parent.mkdir(parents=True)
+    blob.write_bytes(data)
+    with read_only_bind(models, tmp_path / "ro") as ro:
+        assert Store(ro).decide_read_only() == REASON_MOUNT
+        with pytest.raises(TranslationNeedsWriter) as caught:
+            translated_copy(ro / "blobs" / blob.name, ro)
+        assert caught.value.status == 403 and "load the model once on the server" in str(caught.value)
+        assert not cache_dir(models).exists()
+        written = translated_copy(blob, models)  # the writer's first load
+        found = translated_copy(ro / "blobs" / blob.name, ro)
+        assert found == cache_dir(ro) / written.name and found.read_bytes() == written.read_bytes()
