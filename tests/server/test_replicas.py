@@ -11,12 +11,12 @@ from appliance import envconfig
 from appliance.server.app import create_app
 from appliance.server.replicas import WRITE_ENDPOINTS
 
-#: Non-GET routes that only read the store (inference, push, cloud stubs): everything else writes.
+#: Non-GET routes that leave the store alone (inference, push, request cancel, cloud stubs).
 READING_ENDPOINTS = {
     "models.show", "native.generate", "native.chat", "native.embed", "native.embeddings_legacy",
     "openai.chat_completions", "openai.completions", "openai.embeddings", "openai.create_response",
     "anthropic.messages", "anthropic.count_tokens",
-    "transfer.push",
+    "transfer.push", "requests_control.cancel_request",
     "cloud.whoami", "cloud.signout", "cloud.web_search", "cloud.web_fetch",
 }
 
