@@ -31,6 +31,8 @@ OPEN_ROUTES: frozenset[tuple[str, str]] = frozenset({
     ("HEAD", "/"),
     ("GET", "/api/version"),
     ("HEAD", "/api/version"),
+    ("GET", "/api/health"),  # a load balancer's or Kubernetes' readiness probe carries no key
+    ("HEAD", "/api/health"),
 })
 #: Path prefixes served without a key (static assets of the chat page, should it get any).
 OPEN_PREFIXES: tuple[str, ...] = ("/ui/",)

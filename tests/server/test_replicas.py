@@ -93,3 +93,11 @@ async def test_health_answers_the_host_check_like_every_route(tmp_path):
     async with _app(tmp_path).test_app() as test_app:
         r = await test_app.test_client().get("/api/health", headers={"Host": "evil.example.com"})
         assert r.status_code == 403 and "error" in await r.get_json()
+
+
+async def test_health_needs_no_api_key_where_every_other_route_does(tmp_path):
+    async with _app(tmp_path, OLLAMA_API_KEYS="a-key-long-enough-to-pass-0123").test_app() as test_app:
+        client = test_app.test_client()
+        assert (await client.get("/api/health")).status_code == 200
+        assert (await client.head("/api/health")).status_code == 200
+        assert (await client.get("/api/tags")).status_code == 401
