@@ -35,6 +35,9 @@ Usage: install.sh [options]          (piped: curl -fsSL URL/install.sh | sh -s -
   --max-loaded-models N     OLLAMA_MAX_LOADED_MODELS
   --num-parallel N          OLLAMA_NUM_PARALLEL
   --keep-alive DURATION     OLLAMA_KEEP_ALIVE (e.g. 10m, 1h, -1 for forever)
+  --api-keys FILE|LIST      OLLAMA_API_KEYS: clients must send one of these keys. Best a key file, one
+                            key a line, readable by root and ollama only (e.g. /etc/ollama/api-keys);
+                            a comma-separated list works too but is then readable in override.conf
   --no-start                install and enable the service, but do not (re)start it
   -h, --help                this text
 
@@ -59,7 +62,7 @@ available() { command -v "$1" >/dev/null 2>&1; }
 
 # --- settings: options and environment ----------------------------------------------------------
 
-MANAGED_VARS="OLLAMA_HOST OLLAMA_ORIGINS OLLAMA_MODELS OLLAMA_MAX_LOADED_MODELS OLLAMA_NUM_PARALLEL OLLAMA_KEEP_ALIVE"
+MANAGED_VARS="OLLAMA_HOST OLLAMA_ORIGINS OLLAMA_MODELS OLLAMA_MAX_LOADED_MODELS OLLAMA_NUM_PARALLEL OLLAMA_KEEP_ALIVE OLLAMA_API_KEYS"
 
 # Remember a setting given on this run: GIVEN_<VAR>=1 and VALUE_<VAR>=<value> ("" means remove it).
 give() {
@@ -94,7 +97,7 @@ parse_args() {
                 val=${1#*=}
                 shift
                 ;;
-            --from | --flavor | --host | --origins | --models | --max-loaded-models | --num-parallel | --keep-alive)
+            --from | --flavor | --host | --origins | --models | --max-loaded-models | --num-parallel | --keep-alive | --api-keys)
                 [ $# -ge 2 ] || fail "$1 needs a value (see --help)"
                 opt=$1
                 val=$2
@@ -111,6 +114,7 @@ parse_args() {
             --max-loaded-models) give OLLAMA_MAX_LOADED_MODELS "$val" ;;
             --num-parallel) give OLLAMA_NUM_PARALLEL "$val" ;;
             --keep-alive) give OLLAMA_KEEP_ALIVE "$val" ;;
+            --api-keys) give OLLAMA_API_KEYS "$val" ;;
             *) fail "unknown option: $opt (see --help)" ;;
         esac
     done
@@ -123,6 +127,22 @@ check_value() { # name, extended regex, value
         *"$NL"*) fail "$1 must be a single line" ;;
     esac
     printf '%s' "$3" | grep -Eqx -- "$2" || fail "invalid $1: '$3'"
+}
+
+# OLLAMA_API_KEYS: a key file (an absolute path, as the server tells them apart) or keys separated by
+# commas, none starting with "/". Inline keys end up in a world-readable override.conf: warn.
+check_api_keys() {
+    case "$1" in
+        /*)
+            check_value "OLLAMA_API_KEYS (a key file's absolute path without spaces or quotes)" '/[A-Za-z0-9._/+@-]*' "$1"
+            [ -f "$1" ] || warn "the API key file $1 does not exist yet: the service will not start until it does"
+            ;;
+        *)
+            check_value "OLLAMA_API_KEYS (keys of letters, digits and ._~+=/- separated by commas)" \
+                '[A-Za-z0-9._+=-][A-Za-z0-9._~+=/-]*(,[A-Za-z0-9._+=-][A-Za-z0-9._~+=/-]*)*' "$1"
+            warn "OLLAMA_API_KEYS lists its keys in /etc/systemd/system/ollama.service.d/override.conf, which every user can read: a key file is safer (--api-keys /etc/ollama/api-keys)"
+            ;;
+    esac
 }
 
 # Folders that must never become the ollama user's.
@@ -151,6 +171,7 @@ validate_settings() {
                 ;;
             OLLAMA_MAX_LOADED_MODELS | OLLAMA_NUM_PARALLEL) check_value "$var (a whole number)" '[0-9]+' "$value" ;;
             OLLAMA_KEEP_ALIVE) check_value "$var (e.g. 5m, 1h30m, 0, -1)" '-?([0-9]+(\.[0-9]*)?(ns|us|ms|s|m|h)?)+' "$value" ;;
+            OLLAMA_API_KEYS) check_api_keys "$value" ;;
         esac
     done
     if [ -n "${HSA_OVERRIDE_GFX_VERSION:-}" ]; then
@@ -633,6 +654,7 @@ write_override() {
     all_env=$(cat "$TEMP_DIR/override.user" "$settings")
     MODELS_DIR=$(printf '%s\n' "$all_env" | env_value OLLAMA_MODELS || :)
     API_HOST=$(printf '%s\n' "$all_env" | env_value OLLAMA_HOST || :)
+    API_KEYS=$(printf '%s\n' "$all_env" | env_value OLLAMA_API_KEYS || :)
     if printf '%s' "$MODELS_DIR" | grep -Eqx '/[A-Za-z0-9._/+@-]*' && ! system_folder "$MODELS_DIR"; then
         echo "ReadWritePaths=-$MODELS_DIR" >>"$settings"
     fi
@@ -797,6 +819,7 @@ main() {
     parse_args "$@"
     validate_settings
     API_HOST=$(given_value OLLAMA_HOST)
+    API_KEYS=$(given_value OLLAMA_API_KEYS)
 
     detect_platform
     SUDO=
@@ -826,7 +849,11 @@ main() {
     address=$(api_address "$API_HOST")
     case "$address" in
         0.0.0.0:* | \[::\]:*)
-            warn "the API listens on every network interface, without authentication: firewall port ${address##*:} or put an authenticating proxy in front"
+            if [ -n "$API_KEYS" ]; then
+                say "The API listens on every network interface and asks clients for an API key (OLLAMA_API_KEYS)."
+            else
+                warn "the API listens on every network interface, without authentication: firewall port ${address##*:}, set API keys (--api-keys FILE) or put an authenticating proxy in front"
+            fi
             ;;
     esac
     say 'Install complete. Run "ollama" from the command line.'
