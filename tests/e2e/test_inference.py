@@ -84,7 +84,7 @@ def test_json_schema_format_validates(client):
     resp = client.chat(model=MODEL, messages=[{"role": "user", "content": "Describe a fictional person as JSON."}],
                        format=schema, options={"temperature": 0, "num_predict": 80})
     jsonschema.validate(json.loads(resp.message.content), schema)
-    plain = client.generate(model=MODEL, prompt='Reply with {"ok": true} as JSON.', format="json",
+    plain = client.generate(model=MODEL, prompt='Reply with the JSON object {"ok": true}.', format="json",
                             options={"temperature": 0, "num_predict": 300})
     json.loads(plain.response)
 

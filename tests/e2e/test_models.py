@@ -25,7 +25,7 @@ def test_create_from_bundled_gguf_lays_out_store_like_ollama(server, smollm2_ggu
     assert manifest["mediaType"] == "application/vnd.docker.distribution.manifest.v2+json"
     assert manifest["config"]["mediaType"] == "application/vnd.docker.container.image.v1+json"
     types = [layer["mediaType"] for layer in manifest["layers"]]
-    assert types == [MEDIA + "model", MEDIA + "template", MEDIA + "params"]
+    assert types == [MEDIA + "model", MEDIA + "template", MEDIA + "system", MEDIA + "params"]
     model_digest = hashlib.sha256(smollm2_gguf.read_bytes()).hexdigest()
     assert manifest["layers"][0] == {"mediaType": MEDIA + "model", "digest": f"sha256:{model_digest}",
                                      "size": smollm2_gguf.stat().st_size}
@@ -64,14 +64,14 @@ def test_show_fields_and_cli(server):
     assert info["model_info"]["llama.context_length"] == 8192
     assert info["model_info"]["tokenizer.ggml.tokens"] is None  # elided unless verbose
     assert "<|im_start|>" in info["template"]
-    assert "system" not in info
+    assert info["system"] == "You are a helpful assistant."  # the bundled first-run default
     assert 'stop' in info["parameters"] and '"<|im_end|>"' in info["parameters"]
     assert info["capabilities"] == ["completion", "tools"]
     assert info["modified_at"]
     out = server.cli("show", "smollm2:135m").stdout
     assert "architecture        llama" in out and "context length      8192" in out
     assert "quantization        Q4_1" in out and "Capabilities" in out
-    assert server.cli("show", "smollm2:135m", "--system").stdout == ""
+    assert server.cli("show", "smollm2:135m", "--system").stdout == "You are a helpful assistant.\n"
     assert server.cli("show", "smollm2:135m", "--template").stdout == info["template"] + (
         "" if info["template"].endswith("\n") else "\n")
     with server.http() as http:

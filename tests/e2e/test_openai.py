@@ -129,7 +129,7 @@ def test_response_format_json_schema_and_json_object(client):
         max_tokens=80, response_format={"type": "json_schema", "json_schema": {"name": "person", "schema": schema}})
     jsonschema.validate(json.loads(resp.choices[0].message.content), schema)
     resp = client.chat.completions.create(
-        model=MODEL, messages=[{"role": "user", "content": 'Reply with {"ok": true} as JSON.'}], temperature=0,
+        model=MODEL, messages=[{"role": "user", "content": 'Reply with the JSON object {"ok": true}.'}], temperature=0,
         max_tokens=300, response_format={"type": "json_object"})
     assert isinstance(json.loads(resp.choices[0].message.content), dict)
 

@@ -53,7 +53,7 @@ def test_create_with_draft_stores_the_layer_and_show_prints_it(drafted: Server, 
     digest = file_sha256(smollm2_gguf)
     assert _draft_digest(drafted, DRAFTED) == digest  # the GGUF's own blob, shared with the model layer
     layers = _manifest(drafted, DRAFTED)["layers"]
-    assert [layer["mediaType"].rsplit(".", 1)[-1] for layer in layers] == ["model", "draft", "template", "params"]
+    assert [layer["mediaType"].rsplit(".", 1)[-1] for layer in layers] == ["model", "draft", "template", "system", "params"]
     config_digest = _manifest(drafted, DRAFTED)["config"]["digest"]
     config = json.loads((drafted.models / "blobs" / config_digest.replace(":", "-")).read_bytes())
     assert config["draft"] == {"model_format": "gguf", "architecture": "llama"}

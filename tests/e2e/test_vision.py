@@ -57,6 +57,14 @@ def template(vision_server: Server) -> str:
         return str(http.post("/api/show", json={"model": MODEL}).json()["template"])
 
 
+@pytest.fixture(scope="module")
+def system(vision_server: Server) -> list[dict[str, Any]]:
+    """The model's SYSTEM as the message the server puts first (none if it has none)."""
+    with vision_server.http() as http:
+        text = http.post("/api/show", json={"model": MODEL}).json().get("system")
+    return [{"role": "system", "content": text}] if text else []
+
+
 def _expected(counter: PromptCounter, rendered: str, pngs: list[bytes]) -> int:
     """The token count of a rendered prompt holding ``[img-N]`` tags, as the runner will see it."""
     decoded = [image_files.decode(data, "test") for data in pngs]
@@ -98,7 +106,7 @@ def test_a_model_with_a_projector_shows_vision(vision_server: Server, tiny_proje
 
 
 def test_generate_with_images_counts_their_tokens(vision_server: Server, counter: PromptCounter,
-                                                  template: str) -> None:
+                                                  template: str, system: list[dict[str, Any]]) -> None:
     with vision_server.http() as http:
         # raw: the prompt as written, the marker where [img] is
         r = http.post("/api/generate", json={"model": MODEL, "prompt": "[img]What is this?", "raw": True,
@@ -110,13 +118,15 @@ def test_generate_with_images_counts_their_tokens(vision_server: Server, counter
         r = http.post("/api/generate", json={"model": MODEL, "prompt": "Compare them.", "stream": False,
                                              "images": [b64(png(1)), b64(png(2))], "options": GREEDY})
         assert r.status_code == 200, r.text
-        rendered = render.render_generate_go(template, "[img-0][img-1]Compare them.", "", "", None)
+        rendered = render.render_generate_go(template, "[img-0][img-1]Compare them.", "",
+                                             system[0]["content"] if system else "", None)
         assert r.json()["prompt_eval_count"] == _expected(counter, rendered, [png(1), png(2)])
         assert counter.count(image_prompt.place(rendered, [image_files.decode(png(i), "t") for i in (1, 2)])[0],
                              [png(1), png(2)])[1] == 2 * N_IMAGE
 
 
-def test_chat_with_one_and_two_images(vision_server: Server, counter: PromptCounter, template: str) -> None:
+def test_chat_with_one_and_two_images(vision_server: Server, counter: PromptCounter, template: str,
+                                      system: list[dict[str, Any]]) -> None:
     with vision_server.http() as http:
         for pngs in ([png(3)], [png(3), png(4)]):
             message = {"role": "user", "content": "What is this?", "images": [b64(p) for p in pngs]}
@@ -124,14 +134,15 @@ def test_chat_with_one_and_two_images(vision_server: Server, counter: PromptCoun
                                              "options": GREEDY})
             assert r.status_code == 200, r.text
             tags = "".join(f"[img-{i}]" for i in range(len(pngs)))
-            rendered = render.render_go(template, [{**message, "content": tags + "What is this?"}], None, None)
+            rendered = render.render_go(template, [*system, {**message, "content": tags + "What is this?"}],
+                                        None, None)
             assert r.json()["prompt_eval_count"] == _expected(counter, rendered, pngs)
         # [img] in the text places the image there; a literal marker in the text is only text
         message = {"role": "user", "content": "Before [img] after <__media__>", "images": [b64(png(3))]}
         r = http.post("/api/chat", json={"model": MODEL, "messages": [message], "stream": False,
                                          "options": GREEDY})
         assert r.status_code == 200, r.text
-        rendered = render.render_go(template, [{**message, "content": "Before [img-0] after <__media__>"}],
+        rendered = render.render_go(template, [*system, {**message, "content": "Before [img-0] after <__media__>"}],
                                     None, None)
         assert r.json()["prompt_eval_count"] == _expected(counter, rendered, [png(3)])
 
@@ -172,9 +183,9 @@ def test_a_text_client_keeps_streaming_while_images_are_read(vision_server: Serv
 
 
 def test_openai_data_urls_and_anthropic_image_blocks(vision_server: Server, counter: PromptCounter,
-                                                     template: str) -> None:
+                                                     template: str, system: list[dict[str, Any]]) -> None:
     message = {"role": "user", "content": "[img-0]What is this?", "images": [b64(png(5))]}
-    expected = _expected(counter, render.render_go(template, [message], None, None), [png(5)])
+    expected = _expected(counter, render.render_go(template, [*system, message], None, None), [png(5)])
     with vision_server.http() as http:
         parts = [{"type": "text", "text": "What is this?"},
                  {"type": "image_url", "image_url": {"url": f"data:image/png;base64,{b64(png(5))}"}}]
