@@ -52,7 +52,8 @@ def test_renderer_builds_the_prompt(server, thinker, coder) -> None:  # type: ig
     chat = {"messages": [{"role": "user", "content": "hi"}], "_debug_render_only": True}
     r = http.post("/api/chat", json={"model": coder, **chat})
     assert r.status_code == 200, r.text
-    assert r.json()["_debug_info"]["rendered_template"] == (
+    assert r.json()["_debug_info"]["rendered_template"] == (  # the SYSTEM it inherits from the bundled model
+        "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n"
         "<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n")
     tools = [{"type": "function", "function": {"name": "get_weather", "parameters": {
         "type": "object", "properties": {"city": {"type": "string"}}}}}]
