@@ -11,7 +11,7 @@
 #   BASE            base image (default docker.io/library/debian:bookworm-slim; any glibc Debian/Ubuntu)
 #   BINARY          the one-file binary to put in (default: the flavor's from scripts/build-binary.sh)
 #   CONTAINER_TOOL  podman (default when installed) or docker
-# Only the Containerfile and the binary are sent to the builder (a throw-away context folder), never
+# Only container/ and the binary are sent to the builder (a throw-away context folder), never
 # the checkout.
 set -eu
 cd "$(dirname "$0")/.."
@@ -47,7 +47,7 @@ TAGS="${TAGS:-$FLAVOR $version-$FLAVOR}"
 mkdir -p "$ROOT/build"
 context=$(mktemp -d "$ROOT/build/image-$FLAVOR.XXXXXX")
 trap 'rm -rf "$context"' EXIT INT TERM
-cp container/Containerfile "$context/Containerfile"
+cp container/Containerfile container/healthcheck.sh "$context/"
 ln "$BINARY" "$context/ollama" 2>/dev/null || cp "$BINARY" "$context/ollama"
 
 set -- --build-arg "BASE=$BASE" --build-arg "FLAVOR=$FLAVOR" --build-arg "VERSION=$version"

@@ -3,8 +3,8 @@
 No registry is reachable from the test machines, so the base image is the debootstrap root that the
 installer tests already cache (tests/installer/debian_root.py), imported with ``podman import``.
 Both images are kept between runs under names that carry their inputs' hash: the base under the
-root tar's name, the app image under a hash of the binary, the Containerfile, the build script and
-the base, so a run with unchanged inputs builds nothing.  Older app images are removed when a new
+root tar's name, the app image under a hash of the binary, container/, the build script and the
+base, so a run with unchanged inputs builds nothing.  Older app images are removed when a new
 one is built.
 """
 
@@ -25,6 +25,7 @@ from tests.installer.debian_root import base_tar, cache_dir
 
 REPO = Path(__file__).resolve().parents[2]
 CONTAINERFILE = REPO / "container" / "Containerfile"
+HEALTHCHECK = REPO / "container" / "healthcheck.sh"
 BUILD_SCRIPT = REPO / "scripts" / "build-image.sh"
 TEST_IMAGE = "localhost/ollama-appliance-test"
 BASE_IMAGE = "localhost/ollama-appliance-test-base"
@@ -92,7 +93,7 @@ class Podman:
         """The image of container/Containerfile around ``binary``, built by scripts/build-image.sh."""
         base_id = self.run("image", "inspect", "--format", "{{.Id}}", base).stdout.strip()
         digest = hashlib.sha256(base_id.encode())
-        for path in (binary, CONTAINERFILE, BUILD_SCRIPT):
+        for path in (binary, CONTAINERFILE, HEALTHCHECK, BUILD_SCRIPT):
             digest.update(hashlib.sha256(path.read_bytes()).digest())
         tag = digest.hexdigest()[:16]
         name = f"{TEST_IMAGE}:{tag}"

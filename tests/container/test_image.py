@@ -156,6 +156,10 @@ def test_image_runs_the_server_as_the_containerfile_says(podman: Podman, image: 
     who = podman.run("run", "--rm", "--ulimit", "host", "--entrypoint", "id", image).stdout.split()
     uid, gid = facts["args"]["UID"], facts["args"]["GID"]
     assert who[:2] == [f"uid={uid}(ollama)", f"gid={gid}(ollama)"], who
+    # The health check asks a server; with none running it fails and says why.
+    alone = podman.run("run", "--rm", "--ulimit", "host", "--entrypoint", facts["healthcheck"][0], image,
+                       check=False)
+    assert alone.returncode == 1 and "unhealthy: nothing listens on port 11434" in alone.stderr, alone
     # The runtime was unpacked at build time: a read-only container starts without unpacking.
     version = podman.run("run", "--rm", "--read-only", "--ulimit", "host", image, "-v")
     assert "ollama-appliance version is" in version.stdout and "(cpu build)" in version.stdout, version
