@@ -108,11 +108,14 @@ def _ggml() -> ctypes.CDLL:
     import llama_cpp
 
     folder = Path(llama_cpp.__file__).parent / "lib"
-    names = sorted(folder.glob("libggml.so*")) or sorted(folder.glob("libggml.*"))
-    if not names:
+    # The file libllama loads (its soname): a wheel holds copies, not links, and another copy of the
+    # library would be another device registry, which the model would never see.
+    names = [folder / "libggml.so.0", *sorted(folder.glob("libggml.so*")), *sorted(folder.glob("libggml.*"))]
+    found = [name for name in names if name.exists()]
+    if not found:
         raise RpcError(f"libggml not found in {folder}")
-    lib = ctypes.CDLL(str(names[0]), mode=ctypes.RTLD_GLOBAL)
-    p, s = ctypes.c_void_p, ctypes.c_char_p
+    lib = ctypes.CDLL(str(found[0]), mode=ctypes.RTLD_GLOBAL)
+    p, s, size_p = ctypes.c_void_p, ctypes.c_char_p, ctypes.POINTER(ctypes.c_size_t)
     for name, restype, argtypes in (
         ("ggml_backend_reg_by_name", p, [s]),
         ("ggml_backend_reg_get_proc_address", p, [p, s]),
@@ -124,7 +127,7 @@ def _ggml() -> ctypes.CDLL:
         ("ggml_backend_dev_name", s, [p]),
         ("ggml_backend_dev_description", s, [p]),
         ("ggml_backend_dev_type", ctypes.c_int, [p]),
-        ("ggml_backend_dev_memory", None, [p, ctypes.POINTER(ctypes.c_size_t)] * 2),
+        ("ggml_backend_dev_memory", None, [p, size_p, size_p]),
     ):
         fn = getattr(lib, name)
         fn.restype, fn.argtypes = restype, argtypes
@@ -233,8 +236,15 @@ class Placement:
             if layer := _LAYER_LINE.search(whole):
                 self.layers[layer[2]] = self.layers.get(layer[2], 0) + 1
             elif buffer := _BUFFER_LINE.search(whole):
-                device = buffer[1].split("[", 1)[0].removesuffix("_Mapped").removesuffix("_REPACK")
+                device = self._device_of_buffer(buffer[1])
                 self.model_bytes[device] = self.model_bytes.get(device, 0) + int(float(buffer[2]) * (1 << 20))
+
+    def _device_of_buffer(self, name: str) -> str:
+        """``RPC0[host:port]`` (the worker's own device number) -> our device name; ``CPU_Mapped`` -> CPU."""
+        if "[" in name:
+            endpoint = name.split("[", 1)[1].rstrip("]")
+            return next((dev for dev, e in self.endpoints.items() if e == endpoint), name)
+        return name.removesuffix("_Mapped").removesuffix("_REPACK")
 
     def report(self) -> dict[str, Any]:
         """The ``rpc`` member of the runner's ready event (and of /api/ps)."""
