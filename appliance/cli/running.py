@@ -22,6 +22,17 @@ def processor_text(size: int, size_vram: int) -> str:
     return f"{cpu}%/{100 - cpu}% CPU/GPU"
 
 
+def rpc_processor_text(placement: Any) -> str:
+    """``RPC 2 workers / CPU`` for a model spread over llama.cpp RPC workers (/api/ps's ``rpc``), else ""."""
+    if not isinstance(placement, dict) or not placement.get("workers"):
+        return ""
+    n = len(placement["workers"])
+    local = [str(d.get("name") or "") for d in placement.get("devices") or ()
+             if isinstance(d, dict) and not d.get("endpoint") and d.get("model_bytes")]
+    kinds = sorted({"CPU" if name.startswith("CPU") else "GPU" for name in local})
+    return f"RPC {n} worker{'s' if n != 1 else ''}" + "".join(f" / {kind}" for kind in kinds)
+
+
 def until_text(expires_at: str | None, now: datetime | None = None) -> str:
     """When a model will be unloaded: ``4 minutes from now``, ``Forever``, ``Stopping...``."""
     now = now or datetime.now(UTC)
@@ -37,7 +48,7 @@ def ps_rows(models: list[dict[str, Any]], prefix: str = "", now: datetime | None
         if not name.startswith(prefix):
             continue
         size = int(m.get("size") or 0)
-        processor = processor_text(size, int(m.get("size_vram") or 0))
+        processor = rpc_processor_text(m.get("rpc")) or processor_text(size, int(m.get("size_vram") or 0))
         rows.append([name, str(m.get("digest") or "")[:12], human_bytes(size), processor,
                      str(int(m.get("context_length") or 0)), until_text(m.get("expires_at"), now)])
     return rows

@@ -20,7 +20,7 @@ from typing import Any
 
 import trio
 
-from appliance.engine import protocol
+from appliance.engine import protocol, rpc
 from appliance.errors import BadRequest, RunnerError
 from appliance.store.create import self_command
 
@@ -28,6 +28,8 @@ log = logging.getLogger("appliance.runner")
 
 #: How long a runner asked to exit may take (finish its step, free the model) before it is killed.
 RUNNER_STOP_GRACE_S = 5.0
+#: Exit statuses of a runner that ended normally or by our hand (not a crash).
+_STOPPED_BY_US = (0, None, -signal.SIGKILL, -signal.SIGTERM)
 
 
 @dataclass(frozen=True)
@@ -50,6 +52,8 @@ class LoadOptions:
     draft_num_predict: int = 0
     #: The model's vision projector (mmproj GGUF), loaded beside it ("": none).
     projector_path: str = ""
+    #: llama.cpp RPC workers (host:port) to spread the layers over; the runner leaves out unreachable ones.
+    rpc_servers: tuple[str, ...] = ()
 
     def argv(self, verbose: bool) -> list[str]:
         args = [
@@ -81,6 +85,8 @@ class LoadOptions:
             args += ["--draft", self.draft_path, "--draft-max", str(self.draft_num_predict)]
         if self.projector_path:
             args += ["--mmproj", self.projector_path]
+        if self.rpc_servers:
+            args += ["--rpc", ",".join(self.rpc_servers)]
         if verbose:
             args.append("--verbose")
         return args
@@ -96,6 +102,7 @@ class RunnerProcess:
         self.info: dict[str, Any] = {}
         self.dead = False
         self.death_reason = ""
+        self.rpc_failure = ""  # which RPC worker went away, when that is why the runner died
         self._ids = itertools.count(1)
         self._channels: dict[int, trio.MemorySendChannel[dict[str, Any]]] = {}
         self._send_lock = trio.Lock()
@@ -151,6 +158,8 @@ class RunnerProcess:
             raise RunnerError(self.failure_message())
 
     def failure_message(self) -> str:
+        if self.rpc_failure:
+            return self.rpc_failure
         code = self.process.returncode if self.process else None
         tail = " | ".join(line for line in list(self._stderr_tail)[-5:] if line.strip())
         reason = self.death_reason or (
@@ -194,6 +203,11 @@ class RunnerProcess:
             if self.process is not None and self.process.returncode is None:
                 with trio.move_on_after(2):
                     await self.process.wait()
+            servers = self.options.rpc_servers
+            if servers and self.process is not None and self.process.returncode not in _STOPPED_BY_US:
+                # llama.cpp aborts when a worker goes away: name the worker rather than the signal.
+                with trio.CancelScope(shield=True):
+                    self.rpc_failure = await trio.to_thread.run_sync(rpc.explain_death, servers)
             message = self.failure_message()
             for channel in self._channels.values():
                 try:

@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from typing import Any, BinaryIO, cast
 
 from appliance.api.options import predict_limits
-from appliance.engine import protocol
+from appliance.engine import protocol, rpc
 from appliance.engine.sequence import (
     Item,
     Key,
@@ -114,6 +114,8 @@ class Runner:
         llama.llama_backend_init()
         if not args.verbose:
             self._silence_logs()
+        # Workers become llama.cpp devices before the model loads; the placement reads the load's log.
+        self.rpc = rpc.attach(llama, args.rpc.split(","), verbose=args.verbose) if args.rpc else None
         mparams = llama.llama_model_default_params()
         mparams.n_gpu_layers = args.n_gpu_layers
         mparams.main_gpu = args.main_gpu
@@ -876,6 +878,7 @@ class Runner:
                 "vision": self.vision is not None,
                 "load_duration": self.load_duration_ns,
                 "pid": os.getpid(),
+                **({"rpc": self.rpc.report()} if self.rpc else {}),
             }
         )
         while True:
@@ -1031,6 +1034,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--draft", default="", help="a draft model for speculative decoding")
     p.add_argument("--draft-max", type=int, default=0, help="tokens the draft guesses per step (0: none)")
     p.add_argument("--mmproj", default="", help="the model's vision projector (images in prompts)")
+    p.add_argument("--rpc", default="", help="llama.cpp RPC workers host:port,... to spread the layers over")
     p.add_argument("--verbose", action="store_true")
     return p.parse_args(argv)
 

@@ -24,7 +24,7 @@ from typing import Any
 import trio
 
 from appliance import envconfig
-from appliance.engine import gpu
+from appliance.engine import gpu, rpc
 from appliance.engine.process import LoadOptions, RunnerProcess
 from appliance.engine.speculative import MAX_DRAFT_TOKENS
 from appliance.errors import ApplianceError, InvalidGGUF, RunnerError, ServerBusy
@@ -77,7 +77,7 @@ class Loaded:
     @property
     def vram_bytes(self) -> int:
         """The estimated share in VRAM: offloaded layers over all layers (+1 for the output)."""
-        if self.options.num_gpu <= 0:
+        if self.options.num_gpu <= 0 or self.options.rpc_servers:  # workers' memory is not our VRAM
             return 0
         layers = max(self.n_layers, self.options.num_gpu - 1) + 1
         return int(self.estimated_bytes * min(1.0, self.options.num_gpu / layers))
@@ -247,10 +247,14 @@ class Scheduler:
             draft_num_predict=draft_n if draft_path else 0,
             # As upstream, one projector per model: the first projector layer.
             projector_path=str(model.projector_paths[0]) if model.projector_paths else "",
+            rpc_servers=self.cfg.rpc_servers,
         )
 
     def _num_gpu(self, info: GGUFInfo, model: Model, requested: int, num_ctx: int) -> int:
-        """Layers to offload: what the request asks for, else what fits in free VRAM (0 on CPU)."""
+        """Layers to offload: what the request asks for, else what fits in free VRAM (0 on CPU); with RPC
+        workers, every layer (llama.cpp splits them over the devices by their free memory)."""
+        if self.cfg.rpc_servers and requested < 0:
+            return (info.block_count or 0) + 1
         gpus = self.system.gpus if self.system else ()
         if not gpus:
             return 0
@@ -410,6 +414,8 @@ class Scheduler:
                     need += estimate_bytes(draft_info, os.path.getsize(wanted.draft_path), wanted)
                 if wanted.projector_path:  # its weights; the encoder's work memory is small beside them
                     need += os.path.getsize(wanted.projector_path)
+                if wanted.rpc_servers:  # the layers' weights go to the workers
+                    need = rpc.local_bytes(need, file_size, info.block_count or 0)
                 await self._make_room(need, drained)
             finally:
                 for other in drained:  # left loaded only when this request gave up (cancelled, failed)
@@ -474,6 +480,8 @@ class Scheduler:
         except BaseExceptionGroup as group:
             raise RunnerError(_first_message(group) or "runner failed to start") from group
         log.info("loaded %s in %.2fs", model.name.display, time.perf_counter() - t0)
+        if options.rpc_servers:
+            _log_placement(model.name.display, runner.info.get("rpc") or {})
         return loaded
 
     async def _serve(self, loaded: Loaded, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
@@ -547,6 +555,15 @@ class Scheduler:
                        for lo in self.running())
         return SchedulerStatistics(self.waiting, loaded, tuple(self._runner_starts.items()),
                                    tuple(self._runner_crashes.items()))
+
+
+def _log_placement(name: str, placement: dict[str, Any]) -> None:
+    """Where a model loaded over RPC workers went, and which workers were left out (and why)."""
+    for gone in placement.get("left_out") or ():
+        log.warning("RPC worker %s left out of %s: %s", gone.get("endpoint"), name, gone.get("reason"))
+    parts = [f"{d.get('endpoint') or d.get('name')} {d.get('layers', 0)} layers "
+             f"{d.get('model_bytes', 0) >> 20} MiB" for d in placement.get("devices") or ()]
+    log.info("%s placed over RPC workers: %s", name, "; ".join(parts) or "none (local devices only)")
 
 
 def _physical_cores() -> int:

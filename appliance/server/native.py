@@ -371,6 +371,8 @@ async def ps() -> dict[str, Any]:
                 "expires_at": (loaded.expires_at or datetime.now(UTC)).astimezone().isoformat(),
                 "size_vram": loaded.vram_bytes,
                 "context_length": loaded.context_length,
+                # Not in Ollama: the layers' devices when the model is spread over llama.cpp RPC workers.
+                **({"rpc": loaded.runner.info["rpc"]} if "rpc" in loaded.runner.info else {}),
             }
         )
     return {"models": models}
