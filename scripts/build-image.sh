@@ -8,7 +8,7 @@
 # Tags: IMAGE:<flavor> and IMAGE:<version>-<flavor> (or the tags in TAGS, space-separated).
 # Prints the first IMAGE:tag.  Environment:
 #   IMAGE           repository name (default localhost/ollama-appliance; push it to your registry)
-#   BASE            base image (default docker.io/library/debian:bookworm-slim; any glibc Debian/Ubuntu)
+#   BASE            base image (default docker.io/library/debian:bookworm-slim; see the Containerfile)
 #   BINARY          the one-file binary to put in (default: the flavor's from scripts/build-binary.sh)
 #   CONTAINER_TOOL  podman (default when installed) or docker
 # Only container/ and the binary are sent to the builder (a throw-away context folder), never

@@ -156,6 +156,15 @@ def test_image_runs_the_server_as_the_containerfile_says(podman: Podman, image: 
     who = podman.run("run", "--rm", "--ulimit", "host", "--entrypoint", "id", image).stdout.split()
     uid, gid = facts["args"]["UID"], facts["args"]["GID"]
     assert who[:2] == [f"uid={uid}(ollama)", f"gid={gid}(ollama)"], who
+    # A new named volume takes the image's ownership of /root/.ollama, so the server can write it.
+    volume = f"ollama-appliance-test-{uuid.uuid4().hex[:10]}"
+    try:
+        owners = podman.run("run", "--rm", "--ulimit", "host", "--volume", f"{volume}:/root/.ollama",
+                            "--entrypoint", "/bin/sh", image, "-c",
+                            "touch /root/.ollama/models/probe && stat -c %u:%g /root/.ollama /root/.ollama/models/probe")
+        assert owners.stdout.split() == [f"{uid}:{gid}"] * 2, owners
+    finally:
+        podman.run("volume", "rm", "--force", volume, check=False)
     # The health check asks a server; with none running it fails and says why.
     alone = podman.run("run", "--rm", "--ulimit", "host", "--entrypoint", facts["healthcheck"][0], image,
                        check=False)
