@@ -240,10 +240,12 @@ class Placement:
                 self.model_bytes[device] = self.model_bytes.get(device, 0) + int(float(buffer[2]) * (1 << 20))
 
     def _device_of_buffer(self, name: str) -> str:
-        """``RPC0[host:port]`` (the worker's own device number) -> our device name; ``CPU_Mapped`` -> CPU."""
+        """``RPC1[host:port]`` (the worker's own device number) -> our device name; ``CPU_Mapped`` -> CPU."""
         if "[" in name:
-            endpoint = name.split("[", 1)[1].rstrip("]")
-            return next((dev for dev, e in self.endpoints.items() if e == endpoint), name)
+            remote, endpoint = name.removesuffix("]").split("[", 1)
+            ours = [dev for dev, e in self.endpoints.items() if e == endpoint]  # in the worker's order
+            index = int(remote[3:]) if remote[3:].isdigit() else 0
+            return ours[index] if index < len(ours) else name
         return name.removesuffix("_Mapped").removesuffix("_REPACK")
 
     def report(self) -> dict[str, Any]:
