@@ -168,7 +168,7 @@ def test_bad_worker_endpoints_in_the_environment_are_dropped_with_a_warning(
         assert f"OLLAMA_RPC_SERVERS: '{bad}' is not host:port; left out" in log
 
 
-def test_worker_beyond_loopback_warns_and_a_taken_port_is_a_clear_error(tmp_path: Path) -> None:
+def test_worker_beyond_loopback_warns_and_bad_arguments_are_clear_errors(tmp_path: Path) -> None:
     with socket.socket() as taken:
         taken.bind(("0.0.0.0", 0))
         taken.listen()
@@ -181,3 +181,7 @@ def test_worker_beyond_loopback_warns_and_a_taken_port_is_a_clear_error(tmp_path
     bad = subprocess.run([sys.executable, "-m", "appliance", "worker", "--port", "0"],
                          capture_output=True, text=True, timeout=60, cwd=tmp_path)
     assert bad.returncode == 1 and "Error: port 0 is not between 1 and 65535" in bad.stderr
+    unknown = subprocess.run([sys.executable, "-m", "appliance", "worker", "--port", str(free_port()),
+                              "--device", "NOPE"], capture_output=True, text=True, timeout=60, cwd=tmp_path)
+    assert unknown.returncode == 1
+    assert "Error: unknown device 'NOPE'; this machine has: CPU: " in unknown.stderr
