@@ -97,8 +97,8 @@ def test_tags_list_capabilities_and_lengths(client, http):
 
 def test_version_is_the_upstream_api_this_server_implements(server, http):
     answer = http.get("/api/version").json()
-    assert answer["version"] == OLLAMA_COMPAT_VERSION == "0.12.3"
-    assert server.cli("-v").stdout.splitlines()[0] == "ollama version is 0.12.3"
+    assert answer["version"] == OLLAMA_COMPAT_VERSION == "0.14.2"
+    assert server.cli("-v").stdout.splitlines()[0] == "ollama version is 0.14.2"
 
 
 # -- /api/chat roles, /api/generate raw ----------------------------------------------------------
