@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+from decimal import Decimal
 from typing import Any
 
 _HTML_ESCAPES = str.maketrans({"<": "\\u003c", ">": "\\u003e", "&": "\\u0026", "\u2028": "\\u2028",
@@ -17,16 +18,20 @@ _HTML_ESCAPES = str.maketrans({"<": "\\u003c", ">": "\\u003e", "&": "\\u0026", "
 
 
 def _go_float(x: float) -> str:
+    """``strconv.AppendFloat(x, fmt, -1, 64)`` as ``encoding/json`` picks ``fmt``: the shortest digits
+    that round-trip (Python's ``repr`` finds the same ones), plain decimal notation unless
+    ``|x| < 1e-6`` or ``|x| >= 1e21``, and there ``e-07`` shortened to ``e-7``."""
     if not math.isfinite(x):
         raise ValueError(f"unsupported value: {x}")
-    if x == int(x) and abs(x) < 1e21:
-        return str(int(x))
-    text = repr(x)
-    if "e" in text:  # Go writes e-07 / e+21 with at least two exponent digits
+    a = abs(x)
+    if a != 0 and (a < 1e-6 or a >= 1e21):
+        text = repr(x)  # always in exponent form in these ranges, with at least two exponent digits
         mant, exp = text.split("e")
-        sign = "-" if exp.startswith("-") else "+"
-        text = f"{mant}e{sign}{exp.lstrip('+-').rjust(2, '0')}"
-    return text
+        if exp[0] == "-" and len(exp) == 3 and exp[1] == "0":
+            exp = "-" + exp[2]
+        return f"{mant}e{exp}"
+    text = format(Decimal(repr(x)).normalize(), "f")
+    return "-0" if text == "0" and math.copysign(1.0, x) < 0 else text
 
 
 def _encode(obj: Any, out: list[str], sort_keys: bool) -> None:
