@@ -307,6 +307,7 @@ async def generate(gen: Generation, scheduler: Scheduler) -> AsyncIterator[Chunk
             splitter = _splitter(gen, info)
             prompt = await build_prompt(dataclasses.replace(gen, tools=splitter.prompt_tools), info, loaded)
             splitter.prompt_ready(prompt)
+            prompt = _without_rendered_bos(gen, info, prompt)
             if gen.context:
                 async for event in loaded.runner.request({"op": "detokenize", "tokens": gen.context}):
                     prompt = str(event.get("text", "")) + prompt
@@ -315,6 +316,27 @@ async def generate(gen: Generation, scheduler: Scheduler) -> AsyncIterator[Chunk
                 yield chunk
     finally:
         tracked.end()
+
+
+def _tokenizer_adds_bos(info: GGUFInfo) -> bool:
+    """Whether llama.cpp puts BOS in front of the prompt itself (it forces it for gemma4 and lfm2)."""
+    meta = info.metadata
+    if meta.get("tokenizer.ggml.pre") in ("lfm2", "gemma4") or meta.get("tokenizer.ggml.model") == "gemma4":
+        return True
+    return meta.get("tokenizer.ggml.add_bos_token") is True
+
+
+def _without_rendered_bos(gen: Generation, info: GGUFInfo, prompt: str) -> str:
+    """A RENDERER's prompt without the BOS text it starts with when the tokenizer adds BOS anyway.
+
+    The text may not even tokenize to the BOS token (another model's spelling), so the runner's check
+    for two BOS tokens cannot catch it: the tokenizer's BOS stands for it, as upstream's LeadingBOS does.
+    """
+    renderer = None if gen.raw or gen.template else output.renderer(gen.model.config)
+    bos = renderer.leading_bos if renderer is not None else ""
+    if bos and prompt.startswith(bos) and _tokenizer_adds_bos(info):
+        return prompt[len(bos):]
+    return prompt
 
 
 def _completion_request(gen: Generation, prompt: str, decoded: list[Image],

@@ -1,3 +1,4 @@
+# ruff: noqa: RUF001  (DeepSeek's special tokens are written with fullwidth bars)
 """Thinking and built-in RENDERER/PARSER end to end: a real server, the bundled SmolLM2 wearing them.
 
 SmolLM2 knows none of these formats, so the tests make its greedy output land where the format puts
@@ -10,8 +11,11 @@ import httpx
 import ollama
 import pytest
 
+from tests.conftest import import_gemma3
+
 BASE = "smollm2:135m"
 OPTS = {"temperature": 0, "seed": 1, "num_predict": 8}
+DEEPSEEK_BOS = "<｜begin▁of▁sentence｜>"
 
 
 def create(server, name: str, **fields: str) -> httpx.Response:  # type: ignore[no-untyped-def]
@@ -126,3 +130,29 @@ def test_openai_reasoning_effort_maps_to_think(server, thinker) -> None:  # type
     assert content and not reasoning
     with pytest.raises(openai.BadRequestError, match="reasoning_effort"):
         ask(reasoning_effort="extreme")
+
+
+def test_rendered_bos_is_not_doubled_by_the_tokenizer(server, gemma3_gguf) -> None:  # type: ignore[no-untyped-def]
+    """deepseek3.1 writes its BOS as text; Gemma's tokenizer adds its own BOS, which stands for it."""
+    import_gemma3(server, gemma3_gguf)
+    r = server.http().post("/api/create", json={"model": "gemma-deepseek", "from": "gemma3:270m",
+                                                 "renderer": "deepseek3.1", "stream": False})
+    assert r.status_code == 200, r.text
+    http = server.http()
+    chat = {"model": "gemma-deepseek", "messages": [{"role": "user", "content": "hi"}], "think": False}
+    rendered = http.post("/api/chat", json={**chat, "_debug_render_only": True}).json()["_debug_info"][
+        "rendered_template"]
+    assert rendered == f"{DEEPSEEK_BOS}<｜User｜>hi<｜Assistant｜></think>"
+    options = {"temperature": 0, "num_predict": 1}
+
+    def prompt_tokens(prompt: str) -> int:
+        r = http.post("/api/generate", json={"model": "gemma3:270m", "prompt": prompt, "raw": True,
+                                             "stream": False, "options": options})
+        assert r.status_code == 200, r.text
+        return int(r.json()["prompt_eval_count"])
+
+    r = http.post("/api/chat", json={**chat, "stream": False, "options": options})
+    assert r.status_code == 200, r.text
+    without_text_bos = prompt_tokens(rendered.removeprefix(DEEPSEEK_BOS))
+    assert r.json()["prompt_eval_count"] == without_text_bos
+    assert prompt_tokens(rendered) > without_text_bos  # the text BOS is several tokens to Gemma
