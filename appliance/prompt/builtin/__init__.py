@@ -24,6 +24,7 @@ from appliance.prompt.builtin.deepseek3 import DeepSeek3Parser, DeepSeek31Render
 from appliance.prompt.builtin.harmony import HarmonyParser
 from appliance.prompt.builtin.qwen3 import Qwen3Parser, Qwen3VLRenderer
 from appliance.prompt.builtin.qwen3coder import Qwen3CoderParser, Qwen3CoderRenderer
+from appliance.prompt.builtin.qwen35 import Qwen35Renderer, qwen35_parser
 
 __all__ = [
     "PARSERS",
@@ -45,6 +46,8 @@ PARSERS: dict[str, Callable[[], Parser]] = {
     "qwen3-vl-instruct": lambda: Qwen3Parser(thinking=False, default_thinking=False),
     "qwen3-vl-thinking": lambda: Qwen3Parser(thinking=True, default_thinking=True, always_thinking=True),
     "qwen3-coder": Qwen3CoderParser,
+    "qwen3.5": qwen35_parser,
+    "ornith": qwen35_parser,
     "deepseek3": DeepSeek3Parser,
     "harmony": HarmonyParser,
     "passthrough": Passthrough,
@@ -52,6 +55,8 @@ PARSERS: dict[str, Callable[[], Parser]] = {
 
 RENDERERS: dict[str, Callable[[], Renderer]] = {
     "qwen3-coder": Qwen3CoderRenderer,
+    "qwen3.5": Qwen35Renderer,
+    "ornith": lambda: Qwen35Renderer(every_trace=True),
     "qwen3-vl-instruct": lambda: Qwen3VLRenderer(thinking=False),
     "qwen3-vl-thinking": lambda: Qwen3VLRenderer(thinking=True),
     "deepseek3.1": DeepSeek31Renderer,

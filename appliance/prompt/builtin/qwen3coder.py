@@ -228,7 +228,7 @@ def _type_text(types: Any) -> str:
     return types[0] if len(types) == 1 else go_json(list(types))
 
 
-def _argument_text(value: Any) -> str:
+def argument_text(value: Any) -> str:
     if value is None:
         return "null"
     if isinstance(value, str):
@@ -262,7 +262,7 @@ class Qwen3CoderRenderer(Renderer):
                     for call in calls:
                         name, arguments = call_name_and_arguments(call)
                         out.append(f"\n<tool_call>\n<function={name}>")
-                        out.extend(f"\n<parameter={k}>\n{_argument_text(v)}\n</parameter>"
+                        out.extend(f"\n<parameter={k}>\n{argument_text(v)}\n</parameter>"
                                    for k, v in arguments.items())
                         out.append("\n</function>\n</tool_call>")
                     out.append("<|im_end|>\n")
