@@ -21,6 +21,7 @@ from appliance.prompt.builtin.base import (
     think_on,
 )
 from appliance.prompt.builtin.deepseek3 import DeepSeek3Parser, DeepSeek31Renderer
+from appliance.prompt.builtin.gemma4 import Gemma4Parser, Gemma4Renderer
 from appliance.prompt.builtin.harmony import HarmonyParser
 from appliance.prompt.builtin.qwen3 import Qwen3Parser, Qwen3VLRenderer
 from appliance.prompt.builtin.qwen3coder import Qwen3CoderParser, Qwen3CoderRenderer
@@ -50,6 +51,8 @@ PARSERS: dict[str, Callable[[], Parser]] = {
     "ornith": qwen35_parser,
     "deepseek3": DeepSeek3Parser,
     "harmony": HarmonyParser,
+    "gemma4": Gemma4Parser,
+    "gemma4-no-thinking": lambda: Gemma4Parser(thinking=False),
     "passthrough": Passthrough,
 }
 
@@ -60,6 +63,9 @@ RENDERERS: dict[str, Callable[[], Renderer]] = {
     "qwen3-vl-instruct": lambda: Qwen3VLRenderer(thinking=False),
     "qwen3-vl-thinking": lambda: Qwen3VLRenderer(thinking=True),
     "deepseek3.1": DeepSeek31Renderer,
+    "gemma4": Gemma4Renderer,
+    "gemma4-small": Gemma4Renderer,
+    "gemma4-large": lambda: Gemma4Renderer(empty_trace_without_thinking=True),
 }
 
 
