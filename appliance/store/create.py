@@ -281,6 +281,7 @@ def plan_create(store: Store, req: Mapping[str, Any]) -> CreatePlan:
     from appliance.prompt.builtin import check_names
 
     check_names(plan.extra_config.get("renderer"), plan.extra_config.get("parser"))  # a 400, not silence
+    _detect_builtins(plan)
     if plan.model_info is not None:  # a layout llama.cpp cannot run is refused now, not at first use
         from appliance.errors import UnsupportedModel
         from appliance.store.gguf_compat import LLAMA_CPP_ARCHITECTURES, assess
@@ -292,6 +293,25 @@ def plan_create(store: Store, req: Mapping[str, Any]) -> CreatePlan:
             raise UnsupportedModel(f"cannot quantize architecture '{verdict.architecture}' here; "
                                    f"{verdict.message}")
     return plan
+
+
+#: Architectures whose models need a built-in RENDERER/PARSER, set at create as upstream does (a name
+#: this server lacks, like ``laguna``, falls back to the model's template when it runs).
+ARCHITECTURE_BUILTINS = {"gemma4": "gemma4", "laguna": "laguna", "nemotron_h": "nemotron-3-nano",
+                         "nemotron_h_moe": "nemotron-3-nano", "nemotron_h_omni": "nemotron-3-nano"}
+
+
+def _detect_builtins(plan: CreatePlan) -> None:
+    """The renderer and parser the model's architecture needs, where neither request nor base names one."""
+    name = ARCHITECTURE_BUILTINS.get(plan.model_info.architecture) if plan.model_info else None
+    missing = [key for key in ("renderer", "parser")
+               if not (plan.extra_config.get(key) or plan.base_config.get(key))]
+    if name is None or not missing:
+        return
+    for key in missing:
+        plan.extra_config[key] = name
+    if name == "gemma4" and "stop" not in plan.parameters:  # its turns end with <turn|>
+        plan.parameters["stop"] = ["<turn|>"]
 
 
 def _config_for(plan: CreatePlan) -> dict[str, Any]:

@@ -156,3 +156,41 @@ def test_rendered_bos_is_not_doubled_by_the_tokenizer(server, gemma3_gguf) -> No
     without_text_bos = prompt_tokens(rendered.removeprefix(DEEPSEEK_BOS))
     assert r.json()["prompt_eval_count"] == without_text_bos
     assert prompt_tokens(rendered) > without_text_bos  # the text BOS is several tokens to Gemma
+
+
+def _upload(server, path) -> str:  # type: ignore[no-untyped-def]
+    import hashlib
+
+    data = path.read_bytes()
+    digest = "sha256:" + hashlib.sha256(data).hexdigest()
+    assert server.http().post(f"/api/blobs/{digest}", content=data).status_code == 201
+    return digest
+
+
+@pytest.mark.parametrize(("architecture", "builtin"), [("gemma4", "gemma4"), ("nemotron_h", "nemotron-3-nano")])
+def test_architecture_brings_its_renderer_and_parser(server, tmp_path, architecture: str,  # type: ignore[no-untyped-def]
+                                                     builtin: str) -> None:
+    """As upstream's create: a Gemma 4 or Nemotron-H GGUF gets its built-ins, unless the Modelfile names its own."""
+    import gguf
+    import numpy as np
+
+    path = tmp_path / f"{architecture}.gguf"
+    writer = gguf.GGUFWriter(str(path), architecture)
+    writer.add_tensor("token_embd.weight", np.zeros((4, 8), dtype=np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    files = {"model.gguf": _upload(server, path)}
+    http = server.http()
+    r = http.post("/api/create", json={"model": f"tiny-{architecture}", "files": files, "stream": False})
+    assert r.status_code == 200, r.text
+    shown = http.post("/api/show", json={"model": f"tiny-{architecture}"}).json()
+    assert (shown.get("renderer"), shown.get("parser")) == (builtin, builtin)
+    stop = 'stop                           "<turn|>"' in shown.get("parameters", "")
+    assert stop == (architecture == "gemma4")  # Gemma 4's turns end with <turn|>
+    r = http.post("/api/create", json={"model": f"tiny-{architecture}-own", "files": files, "stream": False,
+                                       "parser": "passthrough"})
+    assert r.status_code == 200, r.text
+    shown = http.post("/api/show", json={"model": f"tiny-{architecture}-own"}).json()
+    assert (shown.get("renderer"), shown.get("parser")) == (builtin, "passthrough")
