@@ -23,6 +23,7 @@ from appliance.prompt.builtin.base import (
 from appliance.prompt.builtin.deepseek3 import DeepSeek3Parser, DeepSeek31Renderer
 from appliance.prompt.builtin.gemma4 import Gemma4Parser, Gemma4Renderer
 from appliance.prompt.builtin.harmony import HarmonyParser
+from appliance.prompt.builtin.olmo3 import Olmo3Parser, Olmo3Renderer, Olmo3ThinkRenderer, olmo3_think_parser
 from appliance.prompt.builtin.qwen3 import Qwen3Parser, Qwen3VLRenderer
 from appliance.prompt.builtin.qwen3coder import Qwen3CoderParser, Qwen3CoderRenderer
 from appliance.prompt.builtin.qwen35 import Qwen35Renderer, qwen35_parser
@@ -54,6 +55,11 @@ PARSERS: dict[str, Callable[[], Parser]] = {
     "gemma4": Gemma4Parser,
     "gemma4-no-thinking": lambda: Gemma4Parser(thinking=False),
     "passthrough": Passthrough,
+    "olmo3": Olmo3Parser,
+    "olmo3-think": olmo3_think_parser,
+    # Nemotron 3 Nano thinks and calls tools as Qwen 3.5 does: <think>, then Qwen3-Coder XML calls.
+    "nemotron-3-nano": qwen35_parser,
+    "nemotron-3.5-nano": qwen35_parser,
 }
 
 RENDERERS: dict[str, Callable[[], Renderer]] = {
@@ -66,6 +72,10 @@ RENDERERS: dict[str, Callable[[], Renderer]] = {
     "gemma4": Gemma4Renderer,
     "gemma4-small": Gemma4Renderer,
     "gemma4-large": lambda: Gemma4Renderer(empty_trace_without_thinking=True),
+    "olmo3": Olmo3Renderer,
+    "olmo3.1": lambda: Olmo3Renderer(olmo31=True),
+    "olmo3-think": Olmo3ThinkRenderer,
+    "olmo3-32b-think": lambda: Olmo3ThinkRenderer(olmo3_32b=True),
 }
 
 

@@ -33,18 +33,20 @@ def prefilled(last_message: Message | None) -> bool:
 class TraceParser(Parser):
     """Thinking up to ``close`` (or one of ``ends``, which the answer parser then sees), then ``answer``.
 
-    ``default_thinking`` is what a request without ``think`` gets; a prefilled answer never thinks.
+    ``default_thinking`` is what a request without ``think`` gets (and every request, for a model that
+    always thinks, ``follows_think=False``); a prefilled answer never thinks.
     """
 
     has_thinking_support = True
 
     def __init__(self, answer: Parser | None = None, *, open_tag: str = "<think>",
                  close_tag: str = "</think>", ends: Sequence[str] = (),
-                 default_thinking: bool = True) -> None:
+                 default_thinking: bool = True, follows_think: bool = True) -> None:
         self._answer = answer if answer is not None else Passthrough()
         self.has_tool_support = self._answer.has_tool_support
         self._open, self._close, self._ends = open_tag, close_tag, tuple(ends)
         self._default_thinking = default_thinking
+        self._follows_think = follows_think
         self._thinking = False
         self._maybe_open = False
         self._eat_space = False  # at the start of the trace, or of the answer after it
@@ -52,7 +54,7 @@ class TraceParser(Parser):
 
     def thinks(self, last_message: Message | None, think: ThinkValue) -> bool:
         """Whether this reply starts inside the trace."""
-        enabled = self._default_thinking if think is None else think_on(think)
+        enabled = self._default_thinking if think is None or not self._follows_think else think_on(think)
         return enabled and not prefilled(last_message)
 
     def init(self, tools: Sequence[Tool] | None, last_message: Message | None,
