@@ -194,3 +194,21 @@ def test_architecture_brings_its_renderer_and_parser(server, tmp_path, architect
     assert r.status_code == 200, r.text
     shown = http.post("/api/show", json={"model": f"tiny-{architecture}-own"}).json()
     assert (shown.get("renderer"), shown.get("parser")) == (builtin, "passthrough")
+
+
+def test_qwen35_renderer_and_parser_on_a_real_model(server) -> None:  # type: ignore[no-untyped-def]
+    """qwen3.5 thinks by default (the output is the trace), and think=false prefills an empty trace."""
+    r = create(server, "smol-qwen35", renderer="qwen3.5", parser="qwen3.5")
+    assert r.status_code == 200, r.text
+    client = ollama.Client(host=server.url)
+    assert "thinking" in (client.show("smol-qwen35").capabilities or [])
+    messages = [{"role": "user", "content": "What is the capital of France?"}]
+    default = client.chat(model="smol-qwen35", messages=messages, options=OPTS)
+    assert default.message.thinking and not default.message.content
+    streamed = list(client.chat(model="smol-qwen35", messages=messages, options=OPTS, stream=True))
+    assert "".join(c.message.thinking or "" for c in streamed) == default.message.thinking
+    off = client.chat(model="smol-qwen35", messages=messages, options=OPTS, think=False)
+    assert off.message.content and not off.message.thinking
+    rendered = server.http().post("/api/chat", json={"model": "smol-qwen35", "messages": messages, "think": False,
+                                                      "_debug_render_only": True}).json()["_debug_info"]
+    assert rendered["rendered_template"].endswith("<|im_start|>assistant\n<think>\n\n</think>\n\n")
