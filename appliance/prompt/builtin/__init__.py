@@ -20,6 +20,7 @@ from appliance.prompt.builtin.base import (
     think_level,
     think_on,
 )
+from appliance.prompt.builtin.cogito import CogitoParser, CogitoRenderer
 from appliance.prompt.builtin.deepseek3 import DeepSeek3Parser, DeepSeek31Renderer
 from appliance.prompt.builtin.gemma4 import Gemma4Parser, Gemma4Renderer
 from appliance.prompt.builtin.harmony import HarmonyParser
@@ -55,6 +56,7 @@ PARSERS: dict[str, Callable[[], Parser]] = {
     "gemma4": Gemma4Parser,
     "gemma4-no-thinking": lambda: Gemma4Parser(thinking=False),
     "passthrough": Passthrough,
+    "cogito": CogitoParser,
     "olmo3": Olmo3Parser,
     "olmo3-think": olmo3_think_parser,
     # Nemotron 3 Nano thinks and calls tools as Qwen 3.5 does: <think>, then Qwen3-Coder XML calls.
@@ -72,6 +74,7 @@ RENDERERS: dict[str, Callable[[], Renderer]] = {
     "gemma4": Gemma4Renderer,
     "gemma4-small": Gemma4Renderer,
     "gemma4-large": lambda: Gemma4Renderer(empty_trace_without_thinking=True),
+    "cogito": CogitoRenderer,
     "olmo3": Olmo3Renderer,
     "olmo3.1": lambda: Olmo3Renderer(olmo31=True),
     "olmo3-think": Olmo3ThinkRenderer,
