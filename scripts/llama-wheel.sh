@@ -81,6 +81,14 @@ esac
 key=$(printf '%s\n%s\n' "$LLAMA_CPP_VERSION" "$LLAMA_CMAKE_ARGS" | sha256sum | cut -c1-12)
 house="$CACHE/wheels/llama-cpp-python-$LLAMA_CPP_VERSION$tag-$key"
 wheel=$(ls "$house"/llama_cpp_python-*.whl 2>/dev/null | head -n1 || true)
+if [ -z "$wheel" ] && command -v flock >/dev/null 2>&1; then
+    # One build per key at a time (two `./dev setup`s, a test building the binary beside a setup):
+    # the second waits for the first and takes its wheel instead of racing it for "$house.tmp".
+    mkdir -p "$CACHE/wheels"
+    exec 8>"$CACHE/wheels/.llama-cpp-python-$LLAMA_CPP_VERSION$tag-$key.lock"
+    flock 8
+    wheel=$(ls "$house"/llama_cpp_python-*.whl 2>/dev/null | head -n1 || true)
+fi
 if [ -z "$wheel" ]; then
     case "$FLAVOR" in
         cpu) say "Building portable llama-cpp-python $LLAMA_CPP_VERSION (about 8-10 minutes on 2 cores)" ;;
