@@ -10,10 +10,14 @@ RPC, llama-server over RPC, ...) so that a busy neighbour hurts every setup alik
 processes driven directly with the JSON-lines protocol the server speaks to them.  The machine's load
 average is printed with the figures: on a shared machine they are only comparable within one run.
 
-Workers on the same machine as the runner show the protocol's cost (every decode step crosses two TCP
-round trips and the activations go over loopback), not a speed-up: RPC is for models that do not fit
-one machine.  llama-server comes from bench/build-llama-server.sh (built with -DGGML_RPC=ON; about 10
-minutes on 2 cores the first time); --no-llama-server leaves it out.
+Workers on the same machine as the runner measure the protocol's cost (every decode step crosses two
+TCP round trips and the activations go over loopback), not a speed-up: RPC is for models that do not
+fit one machine.  Beware a busy neighbour: the local runner's 2 threads meet at a spinning barrier after
+every op and lose most when another process takes a core, while each 1-thread worker does not (see
+DESIGN note 10), so on a shared machine "local" can come out slower than the workers.
+
+llama-server comes from bench/build-llama-server.sh (built with -DGGML_RPC=ON; about 10 minutes on 2
+cores the first time); --no-llama-server leaves it out.
 """
 
 from __future__ import annotations
