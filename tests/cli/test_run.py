@@ -206,8 +206,11 @@ def test_one_shot_answers_the_prompt(server, t0):
 
 
 def test_piped_stdin_is_the_prompt(server, t0):
+    # stdin is the prompt as it is, trailing newline included (as Ollama reads it): the same greedy
+    # answer as that text given as an argument (with the bundled SYSTEM, "…France?\n" drifts into French)
     proc = server.cli("run", t0, input="What is the capital of France?\n")
-    assert "Paris" in proc.stdout
+    assert proc.stdout.strip()
+    assert proc.stdout == server.cli("run", t0, "What is the capital of France?\n").stdout
     both = server.cli("run", t0, "France?", input="What is the capital of")
     assert "Paris" in both.stdout  # stdin first, then the words, as Ollama joins them
 
