@@ -119,6 +119,39 @@ def undecided_start(text: str, *tags: str) -> int:
     return end - trailing_space_len(text[:end])
 
 
+def split_at_first_tag(text: str, *tags: str) -> tuple[str, str | None, str]:
+    """``text`` split at the earliest of ``tags``: ``(before, tag, after)``.
+
+    With none of them in it, ``(decided, None, undecided)``: everything but the tail that may still
+    turn out to be one of them (see ``undecided_start``), and that tail, to keep until more arrives.
+    """
+    found = [(at, tag) for tag in tags if (at := text.find(tag)) >= 0]
+    if not found:
+        cut = undecided_start(text, *tags)
+        return text[:cut], None, text[cut:]
+    at, tag = min(found)
+    return text[:at], tag, text[at + len(tag):]
+
+
+class SpaceEater:
+    """A streaming parser's buffer, whose leading whitespace is dropped when ``_eat_space`` says so."""
+
+    _buf: str
+    _eat_space: bool
+
+    def take_leading_space(self) -> bool:
+        """Drop the leading whitespace if asked to; False when nothing is left yet (wait for more).
+
+        The flag stays set until something else arrives, so the whitespace is dropped however it is split.
+        """
+        if self._eat_space:
+            self._buf = lstrip_space(self._buf)
+            if not self._buf:
+                return False
+            self._eat_space = False
+        return True
+
+
 def make_call(index: int, name: str, arguments: dict[str, Any]) -> ToolCall:
     return {"function": {"index": index, "name": name, "arguments": arguments}}
 

@@ -20,6 +20,7 @@ from appliance.prompt.builtin.base import (
     Message,
     Parser,
     Renderer,
+    SpaceEater,
     ThinkValue,
     Tool,
     ToolCall,
@@ -30,8 +31,8 @@ from appliance.prompt.builtin.base import (
     lstrip_space,
     make_call,
     rstrip_space,
+    split_at_first_tag,
     think_on,
-    undecided_start,
 )
 from appliance.prompt.builtin.deepseek3 import (
     BOS,
@@ -56,7 +57,7 @@ class _State(enum.Enum):
     OUTPUTS = enum.auto()
 
 
-class _CogitoAnswer(Parser):
+class _CogitoAnswer(SpaceEater, Parser):
     has_tool_support = True
 
     def __init__(self) -> None:
@@ -85,22 +86,15 @@ class _CogitoAnswer(Parser):
         return "".join(content), "", calls
 
     def _step(self, content: list[str], calls: list[ToolCall]) -> bool:
-        if self._eat_space:
-            self._buf = lstrip_space(self._buf)
-            if not self._buf:
-                return False
-            self._eat_space = False
+        if not self.take_leading_space():
+            return False
         buf = self._buf
         if self._state is _State.CONTENT:
-            found = [(at, tag) for tag in (CALLS_BEGIN, OUTPUTS_BEGIN) if (at := buf.find(tag)) >= 0]
-            if not found:
-                cut = undecided_start(buf, CALLS_BEGIN, OUTPUTS_BEGIN)
-                content.append(buf[:cut])
-                self._buf = buf[cut:]
+            before, tag, self._buf = split_at_first_tag(buf, CALLS_BEGIN, OUTPUTS_BEGIN)
+            if tag is None:
+                content.append(before)
                 return False
-            at, tag = min(found)
-            content.append(rstrip_space(buf[:at]))
-            self._buf = buf[at + len(tag):]
+            content.append(rstrip_space(before))
             self._state = _State.CALLS if tag == CALLS_BEGIN else _State.OUTPUTS
             return True
         if self._state is _State.OUTPUTS:  # the model imagining tool results: dropped
