@@ -19,6 +19,7 @@ from appliance.prompt.builtin.base import (
     Message,
     Parser,
     Renderer,
+    SpaceEater,
     ThinkValue,
     Tool,
     ToolCall,
@@ -27,12 +28,11 @@ from appliance.prompt.builtin.base import (
     go_json,
     go_parameters,
     log,
-    lstrip_space,
     make_call,
     rstrip_space,
+    split_at_first_tag,
     system_texts,
     think_on,
-    undecided_start,
 )
 
 BOS = "<｜begin▁of▁sentence｜>"
@@ -51,7 +51,7 @@ class _State(enum.Enum):
     OUTPUT = enum.auto()  # a tool output the model wrote itself: content
 
 
-class DeepSeek3Parser(Parser):
+class DeepSeek3Parser(SpaceEater, Parser):
     has_tool_support = True
     has_thinking_support = True
 
@@ -87,39 +87,29 @@ class DeepSeek3Parser(Parser):
         return "".join(content), "".join(thinking), calls
 
     def _step(self, content: list[str], thinking: list[str], calls: list[ToolCall]) -> bool:
-        if self._eat_space:
-            self._buf = lstrip_space(self._buf)
-            if not self._buf:
-                return False
-            self._eat_space = False
+        if not self.take_leading_space():
+            return False
         buf = self._buf
         if self._state is _State.THINKING:
-            end = buf.find(THINK_CLOSE)
-            if end >= 0:
-                thinking.append(rstrip_space(buf[:end]))
-                self._buf = buf[end + len(THINK_CLOSE):]
-                self._state, self._eat_space = _State.CONTENT, True
-                return True
-            cut = undecided_start(buf, THINK_CLOSE)
-            thinking.append(buf[:cut])
-            self._buf = buf[cut:]
-            return False
+            before, tag, self._buf = split_at_first_tag(buf, THINK_CLOSE)
+            if tag is None:
+                thinking.append(before)
+                return False
+            thinking.append(rstrip_space(before))
+            self._state, self._eat_space = _State.CONTENT, True
+            return True
         if self._state is _State.CONTENT:
-            calls_at, output_at = buf.find(CALLS_BEGIN), buf.find(OUTPUT_BEGIN)
-            if calls_at >= 0 and (output_at < 0 or calls_at < output_at):
-                content.append(rstrip_space(buf[:calls_at]))
-                self._buf = buf[calls_at + len(CALLS_BEGIN):]
+            before, tag, self._buf = split_at_first_tag(buf, CALLS_BEGIN, OUTPUT_BEGIN)
+            if tag is None:
+                content.append(before)
+                return False
+            if tag == CALLS_BEGIN:
+                content.append(rstrip_space(before))
                 self._state = _State.CALLS
-                return True
-            if output_at >= 0:
-                content.append(buf[:output_at])  # whitespace kept, as the reference does
-                self._buf = buf[output_at + len(OUTPUT_BEGIN):]
+            else:
+                content.append(before)  # whitespace kept, as the reference does
                 self._state = _State.OUTPUT
-                return True
-            cut = undecided_start(buf, CALLS_BEGIN, OUTPUT_BEGIN)
-            content.append(buf[:cut])
-            self._buf = buf[cut:]
-            return False
+            return True
         if self._state is _State.OUTPUT:
             end = buf.find(OUTPUT_END)
             if end < 0:

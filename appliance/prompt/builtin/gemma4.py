@@ -20,6 +20,7 @@ from appliance.prompt.builtin.base import (
     Message,
     Parser,
     Renderer,
+    SpaceEater,
     ThinkValue,
     Tool,
     ToolCall,
@@ -30,8 +31,8 @@ from appliance.prompt.builtin.base import (
     lstrip_space,
     make_call,
     rstrip_space,
+    split_at_first_tag,
     think_on,
-    undecided_start,
 )
 
 BOS = "<bos>"
@@ -50,7 +51,7 @@ class _State(enum.Enum):
     AFTER_CALL = enum.auto()  # stray <tool_call|> / <|tool_response> right after a call are noise
 
 
-class Gemma4Parser(Parser):
+class Gemma4Parser(SpaceEater, Parser):
     has_tool_support = True
 
     def __init__(self, *, thinking: bool = True) -> None:
@@ -92,22 +93,15 @@ class Gemma4Parser(Parser):
         return "".join(content), "".join(thinking), calls
 
     def _step(self, content: list[str], thinking: list[str], calls: list[ToolCall]) -> bool:
-        if self._eat_space:
-            self._buf = lstrip_space(self._buf)
-            if not self._buf:
-                return False
-            self._eat_space = False
+        if not self.take_leading_space():
+            return False
         buf = self._buf
         if self._state is _State.CONTENT:
-            found = [(at, tag) for tag in (CHANNEL_OPEN, CALL_OPEN) if (at := buf.find(tag)) >= 0]
-            if not found:
-                cut = undecided_start(buf, CHANNEL_OPEN, CALL_OPEN)
-                content.append(buf[:cut])
-                self._buf = buf[cut:]
+            before, tag, self._buf = split_at_first_tag(buf, CHANNEL_OPEN, CALL_OPEN)
+            if tag is None:
+                content.append(before)
                 return False
-            at, tag = min(found)
-            content.append(rstrip_space(buf[:at]))
-            self._buf = buf[at + len(tag):]
+            content.append(rstrip_space(before))
             self._state = _State.THINKING if tag == CHANNEL_OPEN else _State.CALL
             self._strip_name = tag == CHANNEL_OPEN
             return True
@@ -117,16 +111,13 @@ class Gemma4Parser(Parser):
                     return False  # maybe the channel's name: wait
                 self._strip_name = False
                 self._buf = buf = buf.removeprefix(_CHANNEL_NAME)
-            end = buf.find(CHANNEL_CLOSE)
-            if end < 0:
-                cut = undecided_start(buf, CHANNEL_CLOSE)
+            before, tag, self._buf = split_at_first_tag(buf, CHANNEL_CLOSE)
+            if tag is None:
                 if self._show_thinking:
-                    thinking.append(buf[:cut])
-                self._buf = buf[cut:]
+                    thinking.append(before)
                 return False
             if self._show_thinking:  # a trace nobody asked for is dropped
-                thinking.append(rstrip_space(buf[:end]))
-            self._buf = buf[end + len(CHANNEL_CLOSE):]
+                thinking.append(rstrip_space(before))
             self._state, self._eat_space = _State.CONTENT, True
             return True
         if self._state is _State.CALL:
