@@ -30,8 +30,8 @@ from appliance.prompt.builtin.base import (
     lstrip_space,
     make_call,
     rstrip_space,
+    split_at_first_tag,
     think_on,
-    undecided_start,
 )
 
 THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
@@ -120,35 +120,29 @@ class Qwen3Parser(Parser):
             if THINK_OPEN.startswith(stripped):
                 return False
             self._buf, self._maybe_open = stripped, False  # nor does a trace start with blank lines
-        buf = self._buf
-        close, tool = buf.find(THINK_CLOSE), buf.find(TOOL_OPEN)
-        if tool >= 0 and (close < 0 or tool < close):
-            thinking.append(rstrip_space(buf[:tool]))
-            self._buf = lstrip_space(buf[tool + len(TOOL_OPEN):])
+        before, tag, after = split_at_first_tag(self._buf, THINK_CLOSE, TOOL_OPEN)
+        if tag is None:
+            thinking.append(before)
+            self._buf = after
+            return False
+        thinking.append(rstrip_space(before))
+        self._buf = lstrip_space(after)
+        if tag == TOOL_OPEN:
             self._state = _State.TOOL if self._buf else _State.TOOL_WS
-            return True
-        if close >= 0:
-            thinking.append(rstrip_space(buf[:close]))
-            self._buf = lstrip_space(buf[close + len(THINK_CLOSE):])
+        else:
             self._state = _State.CONTENT if self._buf else _State.CONTENT_WS
-            return True
-        cut = undecided_start(buf, THINK_CLOSE, TOOL_OPEN)
-        thinking.append(buf[:cut])
-        self._buf = buf[cut:]
-        return False
+        return True
 
     def _step_content(self, content: list[str]) -> bool:
-        buf = self._buf
-        tool = buf.find(TOOL_OPEN)
-        if tool >= 0:
-            content.append(rstrip_space(buf[:tool]))
-            self._buf = lstrip_space(buf[tool + len(TOOL_OPEN):])
-            self._state = _State.TOOL if self._buf else _State.TOOL_WS
-            return True
-        cut = undecided_start(buf, TOOL_OPEN)
-        content.append(buf[:cut])
-        self._buf = buf[cut:]
-        return False
+        before, tag, after = split_at_first_tag(self._buf, TOOL_OPEN)
+        if tag is None:
+            content.append(before)
+            self._buf = after
+            return False
+        content.append(rstrip_space(before))
+        self._buf = lstrip_space(after)
+        self._state = _State.TOOL if self._buf else _State.TOOL_WS
+        return True
 
     def _step_tool(self, content: list[str], calls: list[ToolCall]) -> bool:
         end = self._buf.find(TOOL_CLOSE)

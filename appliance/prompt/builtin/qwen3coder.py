@@ -27,6 +27,7 @@ from appliance.prompt.builtin.base import (
     Message,
     Parser,
     Renderer,
+    SpaceEater,
     ThinkValue,
     Tool,
     ToolCall,
@@ -35,10 +36,9 @@ from appliance.prompt.builtin.base import (
     go_json,
     go_property,
     log,
-    lstrip_space,
     make_call,
     rstrip_space,
-    undecided_start,
+    split_at_first_tag,
 )
 
 TOOL_OPEN, TOOL_CLOSE = "<tool_call>", "</tool_call>"
@@ -55,7 +55,7 @@ class _State(enum.Enum):
     TOOL = enum.auto()
 
 
-class Qwen3CoderParser(Parser):
+class Qwen3CoderParser(SpaceEater, Parser):
     has_tool_support = True
 
     def __init__(self) -> None:
@@ -77,19 +77,13 @@ class Qwen3CoderParser(Parser):
         calls: list[ToolCall] = []
         while True:
             if self._state is _State.CONTENT:
-                if self._eat_space:  # whitespace right after a call is dropped, however it arrives
-                    self._buf = lstrip_space(self._buf)
-                    if not self._buf:
-                        break
-                    self._eat_space = False
-                at = self._buf.find(TOOL_OPEN)
-                if at < 0:
-                    cut = undecided_start(self._buf, TOOL_OPEN)
-                    content.append(self._buf[:cut])
-                    self._buf = self._buf[cut:]
+                if not self.take_leading_space():  # whitespace right after a call is dropped
                     break
-                content.append(rstrip_space(self._buf[:at]))
-                self._buf = self._buf[at + len(TOOL_OPEN):]
+                before, tag, self._buf = split_at_first_tag(self._buf, TOOL_OPEN)
+                if tag is None:
+                    content.append(before)
+                    break
+                content.append(rstrip_space(before))
                 self._state = _State.TOOL
                 continue
             end = self._buf.find(TOOL_CLOSE)

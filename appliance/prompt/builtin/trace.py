@@ -19,8 +19,8 @@ from appliance.prompt.builtin.base import (
     ToolCall,
     lstrip_space,
     rstrip_space,
+    split_at_first_tag,
     think_on,
-    undecided_start,
 )
 
 
@@ -98,14 +98,11 @@ class TraceParser(Parser):
             if not self._buf:
                 return ""
             self._eat_space = self._maybe_open = False
-        buf = self._buf
-        found = [(at, tag) for tag in (self._close, *self._ends) if (at := buf.find(tag)) >= 0]
-        if found:
-            at, tag = min(found)
-            self._thinking = False
-            self._eat_space = tag == self._close
-            self._buf = buf[at + len(tag):] if tag == self._close else buf[at:]
-            return rstrip_space(buf[:at])
-        cut = undecided_start(buf, self._close, *self._ends)
-        self._buf = buf[cut:]
-        return buf[:cut]
+        before, tag, after = split_at_first_tag(self._buf, self._close, *self._ends)
+        if tag is None:
+            self._buf = after
+            return before
+        self._thinking = False
+        self._eat_space = tag == self._close
+        self._buf = after if tag == self._close else tag + after  # the answer parser sees an end tag
+        return rstrip_space(before)
