@@ -23,24 +23,14 @@ from appliance.prompt.builtin.base import (
     rstrip_space,
     think_on,
 )
-from appliance.prompt.builtin.qwen3coder import Qwen3CoderParser, argument_text
+from appliance.prompt.builtin.qwen3coder import CALL_FORMAT, Qwen3CoderParser, argument_text
 from appliance.prompt.builtin.trace import TraceParser
 
 THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
 TOOL_OPEN = "<tool_call>"
 
 _TOOLS_INTRO = "<|im_start|>system\n# Tools\n\nYou have access to the following functions:\n\n<tools>"
-_TOOLS_OUTRO = (
-    "\n</tools>\n\nIf you choose to call a function ONLY reply in the following format with NO suffix:\n\n"
-    "<tool_call>\n<function=example_function_name>\n<parameter=example_parameter_1>\nvalue_1\n</parameter>\n"
-    "<parameter=example_parameter_2>\nThis is the value for the second parameter\nthat can span\nmultiple "
-    "lines\n</parameter>\n</function>\n</tool_call>\n\n<IMPORTANT>\nReminder:\n- Function calls MUST follow "
-    "the specified format: an inner <function=...></function> block must be nested within "
-    "<tool_call></tool_call> XML tags\n- Required parameters MUST be specified\n- You may provide optional "
-    "reasoning for your function call in natural language BEFORE the function call, but NOT after\n- If "
-    "there is no function call available, answer the question like normal with your current knowledge and "
-    "do not tell the user about function calls\n</IMPORTANT>"
-)
+_TOOLS_OUTRO = "\n</tools>" + CALL_FORMAT
 
 
 def qwen35_parser() -> TraceParser:

@@ -181,7 +181,7 @@ def parse_xml_call(raw: str, tools: Sequence[Tool]) -> tuple[str, dict[str, Any]
 
 
 _DEFAULT_SYSTEM = "You are Qwen, a helpful AI assistant that can interact with a computer to solve tasks."
-_CALL_FORMAT = (
+CALL_FORMAT = (
     "\n\nIf you choose to call a function ONLY reply in the following format with NO suffix:\n\n"
     "<tool_call>\n<function=example_function_name>\n<parameter=example_parameter_1>\nvalue_1\n</parameter>\n"
     "<parameter=example_parameter_2>\nThis is the value for the second parameter\nthat can span\nmultiple "
@@ -242,7 +242,7 @@ class Qwen3CoderRenderer(Renderer):
             if tools:
                 out.append("\n\n# Tools\n\nYou have access to the following functions:\n\n<tools>")
                 out.extend(self._tool(tool) for tool in tools)
-                out.append("\n</tools>" + _CALL_FORMAT)
+                out.append("\n</tools>" + CALL_FORMAT)
             out.append("<|im_end|>\n")
         for i, message in enumerate(chat):
             role, content = message.get("role"), str(message.get("content") or "")
