@@ -156,6 +156,54 @@ def make_call(index: int, name: str, arguments: dict[str, Any]) -> ToolCall:
     return {"function": {"index": index, "name": name, "arguments": arguments}}
 
 
+class StreamParser(Parser):
+    """A parser that buffers the output and decides it one ``_step`` at a time.
+
+    ``add`` appends the chunk and steps while a step makes progress; on the last chunk ``_finish`` is
+    given what is still held back.  Tool calls are numbered in the order they are found.
+    """
+
+    #: The parser's name in the warnings it logs.
+    name = ""
+    _buf: str
+    _count: int
+
+    def add(self, text: str, done: bool) -> tuple[str, str, list[ToolCall]]:
+        self._buf += text
+        content: list[str] = []
+        thinking: list[str] = []
+        calls: list[ToolCall] = []
+        while self._step(content, thinking, calls):
+            pass
+        if done:  # nothing more comes: what was held back is decided now
+            rest, self._buf = self._buf, ""
+            self._finish(rest, content, thinking, calls)
+        return "".join(content), "".join(thinking), calls
+
+    @abstractmethod
+    def _step(self, content: list[str], thinking: list[str], calls: list[ToolCall]) -> bool:
+        """Decide some of ``_buf``; False when nothing more can be decided until more arrives."""
+
+    @abstractmethod
+    def _finish(self, rest: str, content: list[str], thinking: list[str], calls: list[ToolCall]) -> None:
+        """Decide ``rest``, what was still held back when the output ended."""
+
+    def _new_call(self, name: str, arguments: dict[str, Any]) -> ToolCall:
+        call = make_call(self._count, name, arguments)
+        self._count += 1
+        return call
+
+    def _add_call(self, parsed: tuple[str, dict[str, Any]] | None, raw: str, as_written: str,
+                  content: list[str], calls: list[ToolCall]) -> None:
+        """A parsed call as the next tool call; one that did not parse (``raw``) is passed on as
+        content, ``as_written`` (its tags and all)."""
+        if parsed is None:
+            log.warning("%s parser: not a tool call, passed on as content: %.200r", self.name, raw)
+            content.append(as_written)
+        else:
+            calls.append(self._new_call(*parsed))
+
+
 def go_json(value: Any, *, spaces: bool = False) -> str:
     """``json.Marshal`` of a value whose dicts are in Go struct (or ordered map) order.
 

@@ -18,18 +18,16 @@ from typing import Any
 
 from appliance.prompt.builtin.base import (
     Message,
-    Parser,
     Renderer,
     SpaceEater,
+    StreamParser,
     ThinkValue,
     Tool,
     ToolCall,
     call_name_and_arguments,
     go_json,
     go_tool,
-    log,
     lstrip_space,
-    make_call,
     rstrip_space,
     split_at_first_tag,
     think_on,
@@ -57,7 +55,8 @@ class _State(enum.Enum):
     OUTPUTS = enum.auto()
 
 
-class _CogitoAnswer(SpaceEater, Parser):
+class _CogitoAnswer(SpaceEater, StreamParser):
+    name = "cogito"
     has_tool_support = True
 
     def __init__(self) -> None:
@@ -71,21 +70,13 @@ class _CogitoAnswer(SpaceEater, Parser):
         self._state, self._buf, self._count, self._eat_space = _State.CONTENT, "", 0, False
         return super().init(tools, last_message, think)
 
-    def add(self, text: str, done: bool) -> tuple[str, str, list[ToolCall]]:
-        self._buf += text
-        content: list[str] = []
-        calls: list[ToolCall] = []
-        while self._step(content, calls):
-            pass
-        if done:
-            rest, self._buf = self._buf, ""
-            if self._state is _State.CALLS and rest:
-                content.append(CALLS_BEGIN + rest)  # unfinished calls are not lost
-            elif self._state is _State.CONTENT and rest.strip():
-                content.append(rstrip_space(rest))
-        return "".join(content), "", calls
+    def _finish(self, rest: str, content: list[str], thinking: list[str], calls: list[ToolCall]) -> None:
+        if self._state is _State.CALLS and rest:
+            content.append(CALLS_BEGIN + rest)  # unfinished calls are not lost
+        elif self._state is _State.CONTENT and rest.strip():
+            content.append(rstrip_space(rest))
 
-    def _step(self, content: list[str], calls: list[ToolCall]) -> bool:
+    def _step(self, content: list[str], thinking: list[str], calls: list[ToolCall]) -> bool:
         if not self.take_leading_space():
             return False
         buf = self._buf
@@ -110,13 +101,7 @@ class _CogitoAnswer(SpaceEater, Parser):
                 return False
             raw = buf[begin + len(CALL_BEGIN):end]
             self._buf, self._eat_space = buf[end + len(CALL_END):], True
-            call = parse_call(raw)
-            if call is None:
-                log.warning("cogito parser: not a tool call, passed on as content: %.200r", raw)
-                content.append(CALL_BEGIN + raw + CALL_END)
-            else:
-                calls.append(make_call(self._count, *call))
-                self._count += 1
+            self._add_call(parse_call(raw), raw, CALL_BEGIN + raw + CALL_END, content, calls)
             return True
         if calls_end >= 0:
             self._buf, self._state, self._eat_space = buf[calls_end + len(CALLS_END):], _State.CONTENT, True

@@ -17,9 +17,9 @@ from typing import Any
 
 from appliance.prompt.builtin.base import (
     Message,
-    Parser,
     Renderer,
     SpaceEater,
+    StreamParser,
     ThinkValue,
     Tool,
     ToolCall,
@@ -27,8 +27,6 @@ from appliance.prompt.builtin.base import (
     function_of,
     go_json,
     go_parameters,
-    log,
-    make_call,
     rstrip_space,
     split_at_first_tag,
     system_texts,
@@ -51,7 +49,8 @@ class _State(enum.Enum):
     OUTPUT = enum.auto()  # a tool output the model wrote itself: content
 
 
-class DeepSeek3Parser(SpaceEater, Parser):
+class DeepSeek3Parser(SpaceEater, StreamParser):
+    name = "deepseek3"
     has_tool_support = True
     has_thinking_support = True
 
@@ -69,22 +68,13 @@ class DeepSeek3Parser(SpaceEater, Parser):
         self._state = _State.THINKING if think_on(think) and not prefilled else _State.CONTENT
         return super().init(tools, last_message, think)
 
-    def add(self, text: str, done: bool) -> tuple[str, str, list[ToolCall]]:
-        self._buf += text
-        content: list[str] = []
-        thinking: list[str] = []
-        calls: list[ToolCall] = []
-        while self._buf and self._step(content, thinking, calls):
-            pass
-        if done:
-            rest, self._buf = self._buf, ""
-            if self._state is _State.CALLS:
-                content.append(CALLS_BEGIN + rest)  # unfinished calls are not lost
-            elif self._state is _State.OUTPUT:
-                content.append(rest)
-            elif rest.strip():
-                (thinking if self._state is _State.THINKING else content).append(rstrip_space(rest))
-        return "".join(content), "".join(thinking), calls
+    def _finish(self, rest: str, content: list[str], thinking: list[str], calls: list[ToolCall]) -> None:
+        if self._state is _State.CALLS:
+            content.append(CALLS_BEGIN + rest)  # unfinished calls are not lost
+        elif self._state is _State.OUTPUT:
+            content.append(rest)
+        elif rest.strip():
+            (thinking if self._state is _State.THINKING else content).append(rstrip_space(rest))
 
     def _step(self, content: list[str], thinking: list[str], calls: list[ToolCall]) -> bool:
         if not self.take_leading_space():
@@ -131,13 +121,7 @@ class DeepSeek3Parser(SpaceEater, Parser):
             raw = buf[start:end]
             self._buf = buf[end + len(CALL_END):]
             self._eat_space = True
-            call = _parse_call(raw)
-            if call is None:
-                log.warning("deepseek3 parser: not a tool call, passed on as content: %.200r", raw)
-                content.append(CALL_BEGIN + raw + CALL_END)
-            else:
-                calls.append(make_call(self._count, *call))
-                self._count += 1
+            self._add_call(_parse_call(raw), raw, CALL_BEGIN + raw + CALL_END, content, calls)
             return True
         if calls_end >= 0:
             self._buf = buf[calls_end + len(CALLS_END):]
