@@ -18,18 +18,16 @@ from typing import Any
 
 from appliance.prompt.builtin.base import (
     Message,
-    Parser,
     Renderer,
     SpaceEater,
+    StreamParser,
     ThinkValue,
     Tool,
     ToolCall,
     call_name_and_arguments,
     function_of,
     is_space,
-    log,
     lstrip_space,
-    make_call,
     rstrip_space,
     split_at_first_tag,
     think_on,
@@ -51,7 +49,8 @@ class _State(enum.Enum):
     AFTER_CALL = enum.auto()  # stray <tool_call|> / <|tool_response> right after a call are noise
 
 
-class Gemma4Parser(SpaceEater, Parser):
+class Gemma4Parser(SpaceEater, StreamParser):
+    name = "gemma4"
     has_tool_support = True
 
     def __init__(self, *, thinking: bool = True) -> None:
@@ -74,23 +73,14 @@ class Gemma4Parser(SpaceEater, Parser):
         self._strip_name = self._eat_space = False
         return super().init(tools, last_message, think)
 
-    def add(self, text: str, done: bool) -> tuple[str, str, list[ToolCall]]:
-        self._buf += text
-        content: list[str] = []
-        thinking: list[str] = []
-        calls: list[ToolCall] = []
-        while self._step(content, thinking, calls):
-            pass
-        if done:
-            rest, self._buf = self._buf, ""
-            if self._state is _State.CALL:
-                self._finish_call(rest, content, calls)
-            elif self._state is _State.THINKING:
-                if self._show_thinking and rest.strip():
-                    thinking.append(rstrip_space(rest))
-            elif rest.strip() and not (self._state is _State.AFTER_CALL and _noise_prefix(rest)):
-                content.append(rstrip_space(rest))
-        return "".join(content), "".join(thinking), calls
+    def _finish(self, rest: str, content: list[str], thinking: list[str], calls: list[ToolCall]) -> None:
+        if self._state is _State.CALL:  # an unclosed call
+            self._add_call(parse_call(rest), rest, CALL_OPEN + rest, content, calls)
+        elif self._state is _State.THINKING:
+            if self._show_thinking and rest.strip():
+                thinking.append(rstrip_space(rest))
+        elif rest.strip() and not (self._state is _State.AFTER_CALL and _noise_prefix(rest)):
+            content.append(rstrip_space(rest))
 
     def _step(self, content: list[str], thinking: list[str], calls: list[ToolCall]) -> bool:
         if not self.take_leading_space():
@@ -124,9 +114,9 @@ class Gemma4Parser(SpaceEater, Parser):
             end = buf.find(CALL_CLOSE)
             if end < 0:
                 return False
-            self._buf = buf[end + len(CALL_CLOSE):]
+            raw, self._buf = buf[:end], buf[end + len(CALL_CLOSE):]
             self._state, self._eat_space = _State.AFTER_CALL, True
-            self._finish_call(buf[:end], content, calls)
+            self._add_call(parse_call(raw), raw, CALL_OPEN + raw + CALL_CLOSE, content, calls)
             return True
         for noise in (CALL_CLOSE, RESPONSE_OPEN):
             if buf.startswith(noise):
@@ -136,15 +126,6 @@ class Gemma4Parser(SpaceEater, Parser):
             return False
         self._state = _State.CONTENT
         return True
-
-    def _finish_call(self, raw: str, content: list[str], calls: list[ToolCall]) -> None:
-        call = parse_call(raw)
-        if call is None:
-            log.warning("gemma4 parser: not a tool call, passed on as content: %.200r", raw)
-            content.append(CALL_OPEN + raw + (CALL_CLOSE if self._state is _State.AFTER_CALL else ""))
-            return
-        calls.append(make_call(self._count, *call))
-        self._count += 1
 
 
 def _noise_prefix(text: str) -> bool:

@@ -18,17 +18,15 @@ from typing import Any
 
 from appliance.prompt.builtin.base import (
     Message,
-    Parser,
     Renderer,
+    StreamParser,
     ThinkValue,
     Tool,
     ToolCall,
     call_name_and_arguments,
     go_json,
     go_tool,
-    log,
     lstrip_space,
-    make_call,
     rstrip_space,
     split_at_first_tag,
     think_on,
@@ -47,7 +45,8 @@ class _State(enum.Enum):
     TOOL = enum.auto()  # collecting a call up to </tool_call>
 
 
-class Qwen3Parser(Parser):
+class Qwen3Parser(StreamParser):
+    name = "qwen3"
     has_tool_support = True
 
     def __init__(self, *, thinking: bool, default_thinking: bool, always_thinking: bool = False) -> None:
@@ -72,20 +71,11 @@ class Qwen3Parser(Parser):
             self._state, self._maybe_open = _State.CONTENT, False
         return super().init(tools, last_message, think)
 
-    def add(self, text: str, done: bool) -> tuple[str, str, list[ToolCall]]:
-        self._buf += text
-        content: list[str] = []
-        thinking: list[str] = []
-        calls: list[ToolCall] = []
-        while self._step(content, thinking, calls):
-            pass
-        if done:  # nothing more comes: what was held back is decided now (trailing whitespace dropped)
-            rest, self._buf = self._buf, ""
-            if self._state in (_State.TOOL, _State.TOOL_WS):
-                content.append(TOOL_OPEN + rest)  # an unfinished call is not lost
-            elif rest.strip():
-                (thinking if self._state is _State.THINKING else content).append(rstrip_space(rest))
-        return "".join(content), "".join(thinking), calls
+    def _finish(self, rest: str, content: list[str], thinking: list[str], calls: list[ToolCall]) -> None:
+        if self._state in (_State.TOOL, _State.TOOL_WS):
+            content.append(TOOL_OPEN + rest)  # an unfinished call is not lost
+        elif rest.strip():  # trailing whitespace dropped
+            (thinking if self._state is _State.THINKING else content).append(rstrip_space(rest))
 
     def _eat_space_then(self, state: _State) -> bool:
         self._buf = lstrip_space(self._buf)
@@ -151,13 +141,7 @@ class Qwen3Parser(Parser):
         raw = rstrip_space(self._buf[:end])
         self._buf = self._buf[end + len(TOOL_CLOSE):]
         self._state = _State.CONTENT_WS
-        call = parse_json_call(raw)
-        if call is None:
-            log.warning("qwen3 parser: not a tool call, passed on as content: %.200r", raw)
-            content.append(f"{TOOL_OPEN}{raw}{TOOL_CLOSE}")
-        else:
-            calls.append(make_call(self._count, *call))
-            self._count += 1
+        self._add_call(parse_json_call(raw), raw, f"{TOOL_OPEN}{raw}{TOOL_CLOSE}", content, calls)
         return True
 
 
