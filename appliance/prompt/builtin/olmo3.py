@@ -15,8 +15,8 @@ from typing import Any
 
 from appliance.prompt.builtin.base import (
     Message,
-    Parser,
     Renderer,
+    StreamParser,
     ThinkValue,
     Tool,
     ToolCall,
@@ -24,7 +24,6 @@ from appliance.prompt.builtin.base import (
     go_json,
     go_tool,
     log,
-    make_call,
     overlap,
 )
 from appliance.prompt.builtin.trace import TraceParser
@@ -39,7 +38,8 @@ def olmo3_think_parser() -> TraceParser:
     return TraceParser(follows_think=False)
 
 
-class Olmo3Parser(Parser):
+class Olmo3Parser(StreamParser):
+    name = "olmo3"
     has_tool_support = True
 
     def __init__(self) -> None:
@@ -52,38 +52,32 @@ class Olmo3Parser(Parser):
         self._buf, self._in_calls, self._count = "", False, 0
         return super().init(tools, last_message, think)
 
-    def add(self, text: str, done: bool) -> tuple[str, str, list[ToolCall]]:
-        self._buf += text
-        content: list[str] = []
-        calls: list[ToolCall] = []
-        while True:
-            if not self._in_calls:
-                at = self._buf.find(CALLS_OPEN)
-                if at < 0:  # the text around the calls is kept as the model wrote it
-                    cut = len(self._buf) - (0 if done else overlap(self._buf, CALLS_OPEN))
-                    content.append(self._buf[:cut])
-                    self._buf = self._buf[cut:]
-                    break
-                content.append(self._buf[:at])
-                self._buf, self._in_calls = self._buf[at + len(CALLS_OPEN):], True
-                continue
-            end = self._buf.find(CALLS_CLOSE)
-            if end < 0:
-                if done:  # unfinished calls are not lost
-                    content.append(CALLS_OPEN + self._buf)
-                    self._buf = ""
-                break
-            raw = self._buf[:end]
-            self._buf, self._in_calls = self._buf[end + len(CALLS_CLOSE):], False
-            parsed = parse_calls(raw)
-            if parsed is None:
-                log.warning("olmo3 parser: not tool calls, passed on as content: %.200r", raw)
-                content.append(CALLS_OPEN + raw + CALLS_CLOSE)
-                continue
-            for name, arguments in parsed:
-                calls.append(make_call(self._count, name, arguments))
-                self._count += 1
-        return "".join(content), "", calls
+    def _step(self, content: list[str], thinking: list[str], calls: list[ToolCall]) -> bool:
+        if not self._in_calls:
+            at = self._buf.find(CALLS_OPEN)
+            if at < 0:  # the text around the calls is kept as the model wrote it
+                cut = len(self._buf) - overlap(self._buf, CALLS_OPEN)
+                content.append(self._buf[:cut])
+                self._buf = self._buf[cut:]
+                return False
+            content.append(self._buf[:at])
+            self._buf, self._in_calls = self._buf[at + len(CALLS_OPEN):], True
+            return True
+        end = self._buf.find(CALLS_CLOSE)
+        if end < 0:
+            return False
+        raw = self._buf[:end]
+        self._buf, self._in_calls = self._buf[end + len(CALLS_CLOSE):], False
+        parsed = parse_calls(raw)
+        if parsed is None:
+            log.warning("olmo3 parser: not tool calls, passed on as content: %.200r", raw)
+            content.append(CALLS_OPEN + raw + CALLS_CLOSE)
+        else:
+            calls.extend(self._new_call(name, arguments) for name, arguments in parsed)
+        return True
+
+    def _finish(self, rest: str, content: list[str], thinking: list[str], calls: list[ToolCall]) -> None:
+        content.append(CALLS_OPEN + rest if self._in_calls else rest)  # unfinished calls are not lost
 
 
 def parse_calls(raw: str) -> list[tuple[str, dict[str, Any]]] | None:

@@ -25,9 +25,9 @@ from typing import Any
 
 from appliance.prompt.builtin.base import (
     Message,
-    Parser,
     Renderer,
     SpaceEater,
+    StreamParser,
     ThinkValue,
     Tool,
     ToolCall,
@@ -35,8 +35,6 @@ from appliance.prompt.builtin.base import (
     function_of,
     go_json,
     go_property,
-    log,
-    make_call,
     rstrip_space,
     split_at_first_tag,
 )
@@ -55,7 +53,8 @@ class _State(enum.Enum):
     TOOL = enum.auto()
 
 
-class Qwen3CoderParser(SpaceEater, Parser):
+class Qwen3CoderParser(SpaceEater, StreamParser):
+    name = "qwen3-coder"
     has_tool_support = True
 
     def __init__(self) -> None:
@@ -71,41 +70,31 @@ class Qwen3CoderParser(SpaceEater, Parser):
         self._eat_space = False
         return super().init(tools, last_message, think)
 
-    def add(self, text: str, done: bool) -> tuple[str, str, list[ToolCall]]:
-        self._buf += text
-        content: list[str] = []
-        calls: list[ToolCall] = []
-        while True:
-            if self._state is _State.CONTENT:
-                if not self.take_leading_space():  # whitespace right after a call is dropped
-                    break
-                before, tag, self._buf = split_at_first_tag(self._buf, TOOL_OPEN)
-                if tag is None:
-                    content.append(before)
-                    break
-                content.append(rstrip_space(before))
-                self._state = _State.TOOL
-                continue
-            end = self._buf.find(TOOL_CLOSE)
-            if end < 0:
-                break
-            raw = self._buf[:end]
-            self._buf = self._buf[end + len(TOOL_CLOSE):]
-            self._state, self._eat_space = _State.CONTENT, True
-            call = parse_xml_call(raw, self._tools)
-            if call is None:
-                log.warning("qwen3-coder parser: not a tool call, passed on as content: %.200r", raw)
-                content.append(TOOL_OPEN + raw + TOOL_CLOSE)
-            else:
-                calls.append(make_call(self._count, *call))
-                self._count += 1
-        if done:
-            rest, self._buf = self._buf, ""
-            if self._state is _State.TOOL:
-                content.append(TOOL_OPEN + rest)  # an unfinished call is not lost
-            elif rest.strip():
-                content.append(rstrip_space(rest))
-        return "".join(content), "", calls
+    def _step(self, content: list[str], thinking: list[str], calls: list[ToolCall]) -> bool:
+        if self._state is _State.CONTENT:
+            if not self.take_leading_space():  # whitespace right after a call is dropped
+                return False
+            before, tag, self._buf = split_at_first_tag(self._buf, TOOL_OPEN)
+            if tag is None:
+                content.append(before)
+                return False
+            content.append(rstrip_space(before))
+            self._state = _State.TOOL
+            return True
+        end = self._buf.find(TOOL_CLOSE)
+        if end < 0:
+            return False
+        raw = self._buf[:end]
+        self._buf = self._buf[end + len(TOOL_CLOSE):]
+        self._state, self._eat_space = _State.CONTENT, True
+        self._add_call(parse_xml_call(raw, self._tools), raw, TOOL_OPEN + raw + TOOL_CLOSE, content, calls)
+        return True
+
+    def _finish(self, rest: str, content: list[str], thinking: list[str], calls: list[ToolCall]) -> None:
+        if self._state is _State.TOOL:
+            content.append(TOOL_OPEN + rest)  # an unfinished call is not lost
+        elif rest.strip():
+            content.append(rstrip_space(rest))
 
 
 def _schema_types(tools: Sequence[Tool], function: str, parameter: str) -> list[str]:
