@@ -303,3 +303,15 @@ def call_name_and_arguments(call: Mapping[str, Any]) -> tuple[str, Mapping[str, 
 
 def system_texts(messages: Sequence[Message]) -> list[str]:
     return [str(m.get("content") or "") for m in messages if m.get("role") == "system"]
+
+
+def chatml_tool_response(messages: Sequence[Message], i: int, content: str) -> str:
+    """Tool result ``messages[i]`` as Qwen's ChatML prompts write it: a run of results shares one user
+    turn, each in its own ``<tool_response>``."""
+    out: list[str] = []
+    if i == 0 or messages[i - 1].get("role") != "tool":
+        out.append("<|im_start|>user")
+    out.append(f"\n<tool_response>\n{content}\n</tool_response>")
+    if i == len(messages) - 1 or messages[i + 1].get("role") != "tool":
+        out.append("<|im_end|>\n")
+    return "".join(out)

@@ -24,6 +24,7 @@ from appliance.prompt.builtin.base import (
     Tool,
     ToolCall,
     call_name_and_arguments,
+    chatml_tool_response,
     go_json,
     go_tool,
     lstrip_space,
@@ -212,11 +213,7 @@ class Qwen3VLRenderer(Renderer):
                 if not prefill:
                     out.append("<|im_end|>\n")
             elif role == "tool":
-                if i == 0 or messages[i - 1].get("role") != "tool":
-                    out.append("<|im_start|>user")
-                out.append(f"\n<tool_response>\n{content}\n</tool_response>")
-                if last or messages[i + 1].get("role") != "tool":
-                    out.append("<|im_end|>\n")
+                out.append(chatml_tool_response(messages, i, content))
             if last and not prefill:
                 out.append("<|im_start|>assistant\n")
                 if thinking:

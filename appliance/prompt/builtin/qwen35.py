@@ -17,6 +17,7 @@ from appliance.prompt.builtin.base import (
     ThinkValue,
     Tool,
     call_name_and_arguments,
+    chatml_tool_response,
     go_json,
     go_tool,
     lstrip_space,
@@ -112,11 +113,7 @@ class Qwen35Renderer(Renderer):
                 if not prefill:
                     out.append("<|im_end|>\n")
             elif role == "tool":
-                if i == 0 or messages[i - 1].get("role") != "tool":
-                    out.append("<|im_start|>user")
-                out.append(f"\n<tool_response>\n{content}\n</tool_response>")
-                if last or messages[i + 1].get("role") != "tool":
-                    out.append("<|im_end|>\n")
+                out.append(chatml_tool_response(messages, i, content))
             if last and not prefill:
                 out.append("<|im_start|>assistant\n")
                 out.append("<think>\n" if thinking else "<think>\n\n</think>\n\n")

@@ -32,6 +32,7 @@ from appliance.prompt.builtin.base import (
     Tool,
     ToolCall,
     call_name_and_arguments,
+    chatml_tool_response,
     function_of,
     go_json,
     go_property,
@@ -252,11 +253,7 @@ class Qwen3CoderRenderer(Renderer):
                 else:
                     out.append(content if prefill else content + "<|im_end|>\n")
             elif role == "tool":
-                if i == 0 or chat[i - 1].get("role") != "tool":
-                    out.append("<|im_start|>user")
-                out.append(f"\n<tool_response>\n{content}\n</tool_response>")
-                if last or chat[i + 1].get("role") != "tool":
-                    out.append("<|im_end|>\n")
+                out.append(chatml_tool_response(chat, i, content))
             else:
                 out.append(f"<|im_start|>{role}\n{content}<|im_end|>\n")
             if last and not prefill:
