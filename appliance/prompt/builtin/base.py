@@ -188,6 +188,14 @@ class StreamParser(Parser):
     def _finish(self, rest: str, content: list[str], thinking: list[str], calls: list[ToolCall]) -> None:
         """Decide ``rest``, what was still held back when the output ended."""
 
+    def _take_until(self, out: list[str], *tags: str) -> str | None:
+        """Move the text in front of the earliest of ``tags`` from ``_buf`` to ``out`` (the whitespace
+        just before the tag dropped) and return that tag, which is taken too; with none of them in the
+        buffer, move what is decided and return None (wait for more; see ``split_at_first_tag``)."""
+        before, tag, self._buf = split_at_first_tag(self._buf, *tags)
+        out.append(before if tag is None else rstrip_space(before))
+        return tag
+
     def _new_call(self, name: str, arguments: dict[str, Any]) -> ToolCall:
         call = make_call(self._count, name, arguments)
         self._count += 1

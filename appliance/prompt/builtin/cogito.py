@@ -29,7 +29,6 @@ from appliance.prompt.builtin.base import (
     go_tool,
     lstrip_space,
     rstrip_space,
-    split_at_first_tag,
     think_on,
 )
 from appliance.prompt.builtin.deepseek3 import (
@@ -81,11 +80,9 @@ class _CogitoAnswer(SpaceEater, StreamParser):
             return False
         buf = self._buf
         if self._state is _State.CONTENT:
-            before, tag, self._buf = split_at_first_tag(buf, CALLS_BEGIN, OUTPUTS_BEGIN)
+            tag = self._take_until(content, CALLS_BEGIN, OUTPUTS_BEGIN)
             if tag is None:
-                content.append(before)
                 return False
-            content.append(rstrip_space(before))
             self._state = _State.CALLS if tag == CALLS_BEGIN else _State.OUTPUTS
             return True
         if self._state is _State.OUTPUTS:  # the model imagining tool results: dropped

@@ -81,11 +81,8 @@ class DeepSeek3Parser(SpaceEater, StreamParser):
             return False
         buf = self._buf
         if self._state is _State.THINKING:
-            before, tag, self._buf = split_at_first_tag(buf, THINK_CLOSE)
-            if tag is None:
-                thinking.append(before)
+            if self._take_until(thinking, THINK_CLOSE) is None:
                 return False
-            thinking.append(rstrip_space(before))
             self._state, self._eat_space = _State.CONTENT, True
             return True
         if self._state is _State.CONTENT:

@@ -87,11 +87,9 @@ class Gemma4Parser(SpaceEater, StreamParser):
             return False
         buf = self._buf
         if self._state is _State.CONTENT:
-            before, tag, self._buf = split_at_first_tag(buf, CHANNEL_OPEN, CALL_OPEN)
+            tag = self._take_until(content, CHANNEL_OPEN, CALL_OPEN)
             if tag is None:
-                content.append(before)
                 return False
-            content.append(rstrip_space(before))
             self._state = _State.THINKING if tag == CHANNEL_OPEN else _State.CALL
             self._strip_name = tag == CHANNEL_OPEN
             return True

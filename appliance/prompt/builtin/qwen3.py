@@ -29,7 +29,6 @@ from appliance.prompt.builtin.base import (
     go_tool,
     lstrip_space,
     rstrip_space,
-    split_at_first_tag,
     think_on,
 )
 
@@ -111,13 +110,10 @@ class Qwen3Parser(StreamParser):
             if THINK_OPEN.startswith(stripped):
                 return False
             self._buf, self._maybe_open = stripped, False  # nor does a trace start with blank lines
-        before, tag, after = split_at_first_tag(self._buf, THINK_CLOSE, TOOL_OPEN)
+        tag = self._take_until(thinking, THINK_CLOSE, TOOL_OPEN)
         if tag is None:
-            thinking.append(before)
-            self._buf = after
             return False
-        thinking.append(rstrip_space(before))
-        self._buf = lstrip_space(after)
+        self._buf = lstrip_space(self._buf)
         if tag == TOOL_OPEN:
             self._state = _State.TOOL if self._buf else _State.TOOL_WS
         else:
@@ -125,13 +121,9 @@ class Qwen3Parser(StreamParser):
         return True
 
     def _step_content(self, content: list[str]) -> bool:
-        before, tag, after = split_at_first_tag(self._buf, TOOL_OPEN)
-        if tag is None:
-            content.append(before)
-            self._buf = after
+        if self._take_until(content, TOOL_OPEN) is None:
             return False
-        content.append(rstrip_space(before))
-        self._buf = lstrip_space(after)
+        self._buf = lstrip_space(self._buf)
         self._state = _State.TOOL if self._buf else _State.TOOL_WS
         return True
 

@@ -37,7 +37,6 @@ from appliance.prompt.builtin.base import (
     go_json,
     go_property,
     rstrip_space,
-    split_at_first_tag,
 )
 
 TOOL_OPEN, TOOL_CLOSE = "<tool_call>", "</tool_call>"
@@ -75,11 +74,8 @@ class Qwen3CoderParser(SpaceEater, StreamParser):
         if self._state is _State.CONTENT:
             if not self.take_leading_space():  # whitespace right after a call is dropped
                 return False
-            before, tag, self._buf = split_at_first_tag(self._buf, TOOL_OPEN)
-            if tag is None:
-                content.append(before)
+            if self._take_until(content, TOOL_OPEN) is None:
                 return False
-            content.append(rstrip_space(before))
             self._state = _State.TOOL
             return True
         end = self._buf.find(TOOL_CLOSE)
