@@ -37,11 +37,21 @@ Lower-layer errors (OSError, httpx, llama.cpp) are translated at the boundary wi
 
 from __future__ import annotations
 
+#: An error's text is cut to this many characters: messages quote what the client sent (a name, a
+#: value, an id), and a client that sends megabytes must not get megabytes back in every family's shape.
+MAX_MESSAGE_CHARS = 2000
+
 
 class ApplianceError(Exception):
     """Base of every error the appliance raises on purpose."""
 
     status: int = 500
+
+    def __str__(self) -> str:
+        text = super().__str__()
+        if len(text) <= MAX_MESSAGE_CHARS:
+            return text
+        return f"{text[:MAX_MESSAGE_CHARS]}… ({len(text)} characters in all)"
 
 
 class BadRequest(ApplianceError):
