@@ -130,6 +130,25 @@ class Client:
         self._request("POST", f"/api/blobs/{digest}", content=body(),
                       headers={"Content-Length": str(size), "Content-Type": "application/octet-stream"})
 
+    def export_archive(self, model: str, chunk: int = 1 << 20) -> Iterator[bytes]:
+        """``model`` as an OCI image layout tarball (``GET /api/export``), streamed."""
+        try:
+            with self._http.stream("GET", "/api/export", params={"model": model}) as response:
+                _raise_for(response)
+                yield from response.iter_bytes(chunk)
+        except httpx.ConnectError as exc:
+            raise ConnectError(str(exc)) from exc
+
+    def import_archive(self, chunks: Iterator[bytes], name: str | None = None,
+                       size: int | None = None) -> dict[str, Any]:
+        """Send a tarball (``POST /api/import``) to be stored as ``name`` (default: its own name)."""
+        headers = {"Content-Type": "application/x-tar"}
+        if size is not None:
+            headers["Content-Length"] = str(size)
+        params = {"model": name} if name else {}
+        return self._request("POST", "/api/import", params=params, content=chunks,  # type: ignore[no-any-return]
+                             headers=headers).json()
+
     def create(self, body: dict[str, Any]) -> Iterator[dict[str, Any]]:
         return self.stream("POST", "/api/create", body)
 

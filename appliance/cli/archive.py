@@ -14,30 +14,17 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
 
-import httpx
-
-from appliance.api import client as api
-from appliance.api.client import Client, ConnectError
+from appliance.api.client import Client
 
 CHUNK = 1 << 20
 
 
-def _write_to(stream: BinaryIO, response: httpx.Response) -> int:
+def _export_into(client: Client, name: str, stream: BinaryIO) -> int:
     written = 0
-    for data in response.iter_bytes(CHUNK):
+    for data in client.export_archive(name, CHUNK):
         stream.write(data)
         written += len(data)
     return written
-
-
-def _export_into(client: Client, name: str, stream: BinaryIO) -> int:
-    try:
-        # The client's own connection (OLLAMA_HOST, proxy rules, headers); its helpers stream JSON only.
-        with client._http.stream("GET", "/api/export", params={"model": name}) as response:
-            api._raise_for(response)
-            return _write_to(stream, response)
-    except httpx.ConnectError as exc:
-        raise ConnectError(str(exc)) from exc
 
 
 def run_export(name: str, output: str) -> int:
@@ -77,9 +64,8 @@ def _file_chunks(stream: BinaryIO) -> Iterator[bytes]:
 def run_import(path: str, name: str | None = None) -> int:
     """Send the archive at ``path`` (``-``: stdin) to the server, to be stored as ``name`` (by default
     the name inside the archive)."""
-    params = {"model": name} if name else {}
     with contextlib.ExitStack() as stack:
-        headers = {"Content-Type": "application/x-tar"}
+        size = None
         if path == "-":
             stream: BinaryIO = sys.stdin.buffer
         else:
@@ -88,9 +74,8 @@ def run_import(path: str, name: str | None = None) -> int:
             except OSError as exc:
                 sys.stderr.write(f"Error: cannot read {path}: {exc.strerror or exc}\n")
                 return 1
-            headers["Content-Length"] = str(os.fstat(stream.fileno()).st_size)
+            size = os.fstat(stream.fileno()).st_size
         client = stack.enter_context(Client())
-        reply = client._request("POST", "/api/import", params=params, content=_file_chunks(stream),
-                                headers=headers)
-    sys.stdout.write(f"imported {reply.json().get('model', name or '')}\n")
+        reply = client.import_archive(_file_chunks(stream), name, size)
+    sys.stdout.write(f"imported {reply.get('model', name or '')}\n")
     return 0
