@@ -22,8 +22,8 @@ import trio
 from quart import Blueprint, Response, current_app, request
 
 from appliance.errors import ApplianceError, BadRequest, ModelNotFound
-from appliance.server.models import _drain_body, get_store
-from appliance.server.requests import mark_body_read
+from appliance.server.models import get_store
+from appliance.server.requests import drain_body, mark_body_read
 from appliance.store import oci_archive
 from appliance.store.names import Name, parse_name
 
@@ -85,6 +85,6 @@ async def import_model() -> Any:
         stored = await trio.to_thread.run_sync(
             functools.partial(oci_archive.import_archive, store, read_chunk, name, prune=prune))
     except ApplianceError:
-        await _drain_body()
+        await drain_body()
         raise
     return {"status": "success", "model": stored.display}

@@ -17,7 +17,7 @@ from quart import Blueprint, Response, current_app, request
 from appliance import OLLAMA_COMPAT_VERSION, __version__
 from appliance.api.options import format_parameters
 from appliance.errors import ApplianceError, BadRequest, BlobNotFound, InsufficientStorage, ModelNotFound
-from appliance.server.requests import mark_body_read, read_json, require_str, stream_flag
+from appliance.server.requests import drain_body, mark_body_read, read_json, require_str, stream_flag
 from appliance.server.streaming import job_response
 from appliance.store import create as creating
 from appliance.store.blobs import BlobWriter, parse_digest, translate_disk_full
@@ -36,8 +36,6 @@ DEFAULT_TEMPLATE = "{{ .Prompt }}"
 
 #: Blob uploads are written in chunks of this size, one thread hop each.
 UPLOAD_CHUNK = 4 << 20
-#: How long the rest of a failed upload is read and dropped before answering (see _drain_body).
-DRAIN_AFTER_ERROR_S = 10.0
 
 
 def get_store() -> Store:
@@ -221,7 +219,7 @@ async def push_blob(digest: str) -> Response:
         await trio.to_thread.run_sync(_check_room, store, request.content_length)
         await _receive_blob(store, expected)
     except ApplianceError:
-        await _drain_body()
+        await drain_body()
         raise
     return Response(b"", status=201)
 
@@ -264,18 +262,6 @@ def _write_all(writer: BlobWriter, chunks: list[bytes]) -> None:
         writer.write(chunk)
 
 
-async def _drain_body() -> None:
-    """Read and drop what is left of a failed upload, so the client gets to read the error.
-
-    Closing a connection with unread data in it makes the kernel send a reset, which can destroy the
-    response before the client reads it (RFC 9112, section 9.6; Windows clients, WSL2's included,
-    drop unread data on a reset).  Bounded in time; past that, the connection closes anyway
-    (``Connection: close``, see :func:`appliance.server.requests.body_left_unread`).
-    """
-    with trio.move_on_after(DRAIN_AFTER_ERROR_S):
-        async for _ in request.body:
-            pass
-        mark_body_read()
 
 
 @bp.post("/api/create")

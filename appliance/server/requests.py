@@ -82,3 +82,21 @@ def stream_flag(body: dict[str, Any], default: bool = True) -> bool:
     if not isinstance(value, bool):
         raise BadRequest("stream must be a boolean")
     return value
+
+
+#: How long the rest of a failed upload is read and dropped before answering (see drain_body).
+DRAIN_AFTER_ERROR_S = 10.0
+
+
+async def drain_body() -> None:
+    """Read and drop what is left of a failed upload, so the client gets to read the error.
+
+    Closing a connection with unread data in it makes the kernel send a reset, which can destroy the
+    response before the client reads it (RFC 9112, section 9.6; Windows clients, WSL2's included,
+    drop unread data on a reset).  Bounded in time; past that, the connection closes anyway
+    (``Connection: close``, see :func:`appliance.server.requests.body_left_unread`).
+    """
+    with trio.move_on_after(DRAIN_AFTER_ERROR_S):
+        async for _ in request.body:
+            pass
+        mark_body_read()
