@@ -219,7 +219,8 @@ def test_the_binary_serves_and_answers_in_a_bare_debian_root(binary: Path, bare_
         assert not box.path(absent).exists(), f"the bare root must not have {absent}"
     shutil.copy2(binary, box.path("/usr/local/bin/ollama"))
     shutil.copy2(smollm2_gguf, box.path("/srv/smollm2.gguf"))
-    box.write("/srv/Modelfile", modelfile(Path("/srv/smollm2.gguf")))
+    # greedy: the bundled defaults sample (temperature 0.2), and a sampled answer may drift into French
+    box.write("/srv/Modelfile", modelfile(Path("/srv/smollm2.gguf")) + "PARAMETER temperature 0\n")
     write_tiny_llama(box.path("/srv/tiny-f16.gguf"))
     box.write("/srv/Tiny.Modelfile", "FROM /srv/tiny-f16.gguf\n")
     port = free_port()
