@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from appliance.cli.running import processor_text, ps_rows, until_text
-from tests.cli.derived import derived_model
+from tests.cli.derived import derived_model, unload_all
 
 NOW = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
 
@@ -56,6 +56,7 @@ def _row(server, name: str) -> list[str] | None:
 
 
 def test_ps_shows_a_model_after_run_and_stop_unloads_it(server, short):
+    unload_all(server)
     server.cli("run", short, "hi")
     row = _row(server, f"{short}:latest")
     assert row is not None
@@ -72,6 +73,7 @@ def test_ps_shows_a_model_after_run_and_stop_unloads_it(server, short):
 
 
 def test_keepalive_flag_sets_until(server, short):
+    unload_all(server)
     server.cli("run", "--keepalive", "-1s", short, "hi")
     row = _row(server, f"{short}:latest")
     assert row is not None and row[5] == "Forever"
