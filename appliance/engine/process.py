@@ -14,7 +14,7 @@ import logging
 import math
 import signal
 import subprocess
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,6 +30,8 @@ log = logging.getLogger("appliance.runner")
 RUNNER_STOP_GRACE_S = 5.0
 #: Exit statuses of a runner that ended normally or by our hand (not a crash).
 _STOPPED_BY_US = (0, None, -signal.SIGKILL, -signal.SIGTERM)
+#: Put in a request's event channel to end its events early (see ``RunnerProcess.request``).
+_INTERRUPT: dict[str, Any] = {"event": "interrupt"}
 
 
 @dataclass(frozen=True)
@@ -225,20 +227,34 @@ class RunnerProcess:
             except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
                 raise RunnerError(self.failure_message()) from exc
 
-    async def request(self, obj: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
+    async def request(
+        self, obj: dict[str, Any], on_cancel: Callable[[Callable[[], None]], None] | None = None
+    ) -> AsyncIterator[dict[str, Any]]:
         """Send a request and yield its events until ``done``/``result``/``error``.
 
         If the consumer stops early (client gone, Ctrl+C), the runner is told to cancel, which
-        frees the slot at its next step.
+        frees the slot at its next step.  ``on_cancel``, if given, is handed a function that ends
+        the events early the same way (the request was cancelled while it waits for the next one).
         """
         rid = next(self._ids)
         send, receive = trio.open_memory_channel[dict[str, Any]](math.inf)
         self._channels[rid] = send
         finished = False
+        if on_cancel is not None:
+
+            def interrupt() -> None:
+                try:
+                    send.send_nowait(_INTERRUPT)
+                except (trio.WouldBlock, trio.BrokenResourceError, trio.ClosedResourceError):
+                    pass  # the request is over
+
+            on_cancel(interrupt)
         try:
             await self.send({**obj, "id": rid})
             async with receive:
                 async for event in receive:
+                    if event is _INTERRUPT:
+                        return  # not finished: the runner is told to cancel below
                     kind = event.get("event")
                     if kind == "error":
                         finished = True

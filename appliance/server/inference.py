@@ -362,21 +362,15 @@ def _completion_request(gen: Generation, prompt: str, decoded: list[Image],
 
 async def _decode(gen: Generation, loaded: Loaded, request: dict[str, Any], splitter: output.OutputSplitter,
                   tracked: Tracked, times: tuple[int, int]) -> AsyncIterator[Chunk]:
-    """The runner's events for ``request`` as chunks; waits for each event only while not cancelled."""
+    """The runner's events for ``request`` as chunks, until they end or the request is cancelled."""
     generated: list[str] = []
-    events = cast(AsyncGenerator[dict[str, Any], None], loaded.runner.request(request))
+    done = False
+    events = cast(AsyncGenerator[dict[str, Any], None],
+                  loaded.runner.request(request, on_cancel=tracked.on_cancel))
     async with contextlib.aclosing(events):
-        while True:
-            try:
-                event = await tracked.interruptible(anext, events)
-            except StopAsyncIteration:
-                return
-            except RequestCancelled:  # the runner was told to cancel as its request ended
-                tail = _flush(splitter)
-                if tail.content or tail.thinking or tail.tool_calls:
-                    yield tail
-                yield _cancelled(tracked, *times)
-                return
+        async for event in events:
+            if tracked.cancelled:
+                break
             if event.get("event") == "token":
                 tracked.count_token()
                 text = str(event.get("text", ""))
@@ -386,6 +380,7 @@ async def _decode(gen: Generation, loaded: Loaded, request: dict[str, Any], spli
                 if chunk.content or chunk.thinking or chunk.tool_calls or chunk.logprobs:
                     yield chunk
             elif event.get("event") == "done":
+                done = True
                 tail = _flush(splitter)
                 if tail.content or tail.thinking or tail.tool_calls:
                     yield tail
@@ -399,6 +394,11 @@ async def _decode(gen: Generation, loaded: Loaded, request: dict[str, Any], spli
                     ):
                         final.context = list(result.get("tokens") or [])
                 yield final
+    if tracked.cancelled and not done:  # the runner was told to cancel as its events ended
+        tail = _flush(splitter)
+        if tail.content or tail.thinking or tail.tool_calls:
+            yield tail
+        yield _cancelled(tracked, *times)
 
 
 def _final(gen: Generation, event: dict[str, Any], times: tuple[int, int]) -> Chunk:

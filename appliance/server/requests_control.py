@@ -8,8 +8,10 @@ last chunk.  ``GET /api/requests`` lists them; ``DELETE /api/requests/<id>`` can
 request leaves the queue, a running one stops at the runner's next step (the runner is told to
 cancel), and either ends with a final chunk whose ``done_reason`` is ``"cancelled"``.
 
-Cancellation works through short cancel scopes around each wait of the generation (for a slot, for
-the runner's next event), never across a ``yield`` of the generator.
+Cancellation reaches the generation where it waits: a cancel scope around the wait for a slot (never
+across a ``yield`` of the generator), and a wake-up in the runner request's own event channel while it
+decodes (:meth:`Tracked.on_cancel`), which costs nothing per token, where a cancel scope per token cost
+about a tenth of the server's CPU per streamed token.
 """
 
 from __future__ import annotations
@@ -62,12 +64,22 @@ class Tracked:
     first_token: float | None = None
     tracker: RequestTracker | None = None
     _scope: trio.CancelScope | None = None
+    _wake: Callable[[], None] | None = None
 
     def cancel(self) -> None:
         """Stop the generation at its current wait (or its next one)."""
         self.cancelled = True
         if self._scope is not None:
             self._scope.cancel()
+        if self._wake is not None:
+            self._wake()
+
+    def on_cancel(self, wake: Callable[[], None]) -> None:
+        """Call ``wake`` when the request is cancelled (at once if it already is): how a wait that
+        has a channel of its own (the runner's events) is woken without a cancel scope."""
+        self._wake = wake
+        if self.cancelled:
+            wake()
 
     async def interruptible(self, fn: Callable[..., Awaitable[T]], *args: Any) -> T:
         """``await fn(*args)``, or RequestCancelled when the request is cancelled before it returns."""
