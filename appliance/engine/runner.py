@@ -44,7 +44,7 @@ from appliance.engine.sequence import (
 )
 from appliance.engine.speculative import MAX_DRAFT_TOKENS, Draft, put_token
 from appliance.engine.speculative import common_prefix as _common_prefix
-from appliance.engine.threads import DecodeThreads, IdleCores
+from appliance.engine.threads import DecodeThreads, IdleCores, OtherCores
 from appliance.engine.vision import ImageChunk, ImageInputError, TextChunk, Vision, VisionError
 
 LLAMA_DEFAULT_SEED = 0xFFFFFFFF
@@ -174,7 +174,8 @@ class Runner:
         self.waiting: list[dict[str, Any]] = []
         self.embed_ctx: Any = None
         self.threads = threads
-        self.decode_threads = DecodeThreads(threads, log=_debug, idle_cores=IdleCores())
+        self.decode_threads = DecodeThreads(threads, log=_debug, idle_cores=IdleCores(),
+                                            other_cores=OtherCores())
         self.n_threads_now = threads
         self.load_duration_ns = int((time.perf_counter() - t0) * 1e9)
         self._piece_buf = ctypes.create_string_buffer(256)

@@ -17,10 +17,14 @@ above its ceiling (the runner's ``--threads``: physical cores, or the user's ``n
   at the current count.  Then a *trial* of one thread fewer starts.
 - **Probe**: every ``probe_interval_s`` (doubling after each failed probe, up to
   ``max_probe_interval_s``) a trial of one thread more starts (or, at the ceiling, one fewer: the
-  machine may have been busy since the start).  A probe up goes at that pace only while the
-  machine has an idle core for the extra thread (``idle_cores``, read from /proc/stat by
-  :class:`IdleCores`), which is how the neighbour's leaving shows; without one it is *blind*, every
-  ``blind_probe_interval_s``, doubling after each failure up to ``max_blind_interval_s``.  Blind
+  machine may have been busy since the start).  A probe down goes only while other processes keep
+  ``neighbour_cores`` or more busy (``other_cores``, from /proc/stat less this process's own CPU
+  time, by :class:`OtherCores`): on a quiet machine one thread fewer cannot win, and each such
+  trial cost three steps at about half speed, ~5% of 8-client throughput (bench/RESULTS.md).
+  A probe up goes at that pace only while the machine has an idle core for the extra thread
+  (``idle_cores``, read from /proc/stat by :class:`IdleCores`), which is how the neighbour's
+  leaving shows; without one it is *blind*, every ``blind_probe_interval_s``, doubling after each
+  failure up to ``max_blind_interval_s``.  Blind
   probes matter: a niced neighbour leaves no idle core yet may not hurt two threads at all
   (measured here on a quiet machine), but one step with two threads among test suites took 8.5 s.
 - **Trial**: ``trial_steps`` steps at the other count; it is kept when their median per-token time
@@ -77,7 +81,9 @@ class DecodeThreads:
         clock: Callable[[], float] = time.monotonic,
         log: Callable[[str], None] | None = None,
         idle_cores: Callable[[], float | None] | None = None,
+        other_cores: Callable[[], float | None] | None = None,
         spare_core: float = 0.75,
+        neighbour_cores: float = 0.5,
         slow_factor: float = 2.0,
         slow_steps: int = 3,
         trial_steps: int = 3,
@@ -94,7 +100,9 @@ class DecodeThreads:
         self._clock = clock
         self._log = log
         self._idle_cores = idle_cores
+        self._other_cores = other_cores
         self.spare_core = spare_core
+        self.neighbour_cores = neighbour_cores
         self.slow_factor = slow_factor
         self.slow_steps = slow_steps
         self.trial_steps = trial_steps
@@ -182,8 +190,10 @@ class DecodeThreads:
                 self._start(self.threads + 1, bucket, reference, "blind probe up")
             else:
                 self._next_probe = now + self.probe_interval_s
-        else:
+        elif self._neighbour_busy():
             self._start(self.threads - 1, bucket, reference, "probe down")
+        else:  # nothing else runs: one thread fewer cannot win, and trying costs steps at half speed
+            self._next_probe = now + self._interval
 
     def _remember(
         self, now: float, threads: int, bucket: int, per_token: float
@@ -252,6 +262,10 @@ class DecodeThreads:
             # it helped: try one more step the same way at once
             self._start(nxt, trial.bucket, median, trial.reason, chained=True)
 
+    def _neighbour_busy(self) -> bool:
+        others = self._other_cores() if self._other_cores is not None else None
+        return others is None or others >= self.neighbour_cores
+
     def _room_for_one_more(self) -> bool:
         idle = self._idle_cores() if self._idle_cores is not None else None
         return idle is None or idle >= self.spare_core
@@ -298,3 +312,42 @@ class IdleCores:
             return None
         self._last = now
         return self._cpus * d_idle / d_total
+
+
+class OtherCores:
+    """Calling it gives the cores that other processes kept busy on average since the previous call:
+    the machine's busy time from /proc/stat less this process's own CPU time (None when /proc/stat
+    cannot tell, or too little time has passed to say)."""
+
+    def __init__(self, path: str = "/proc/stat", own: Callable[[], float] = time.process_time,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self._path = path
+        self._own = own
+        self._clock = clock
+        try:
+            self._tick = 1.0 / os.sysconf("SC_CLK_TCK")
+        except (AttributeError, ValueError, OSError):
+            self._tick = 0.01
+        self._last = self._read()
+
+    def _read(self) -> tuple[float, float, float] | None:
+        try:
+            with open(self._path, "rb") as f:
+                values = [int(v) for v in f.readline().split()[1:9]]
+        except (OSError, ValueError):
+            return None
+        if len(values) < 5:
+            return None
+        busy = (sum(values) - values[3] - values[4]) * self._tick  # all but idle and iowait
+        return self._clock(), busy, self._own()
+
+    def __call__(self) -> float | None:
+        now = self._read()
+        last, self._last = self._last, now
+        if now is None or last is None:
+            return None
+        wall = now[0] - last[0]
+        if wall < 0.2:  # a few clock ticks at least
+            self._last = last
+            return None
+        return max(0.0, (now[1] - last[1]) - (now[2] - last[2])) / wall

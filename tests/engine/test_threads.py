@@ -6,7 +6,7 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 
-from appliance.engine.threads import DecodeThreads, IdleCores
+from appliance.engine.threads import DecodeThreads, IdleCores, OtherCores
 
 #: per-token seconds of one decode step at a thread count
 Cost = Callable[[int], float]
@@ -19,8 +19,10 @@ class Machine:
         self.now = 0.0
         self.logged: list[str] = []
         self.idle: float | None = 1.0  # what /proc/stat would say: idle cores lately
+        self.others: float | None = None  # cores other processes kept busy lately (None: cannot tell)
         self.ctl = DecodeThreads(max_threads, clock=lambda: self.now, log=self.logged.append,
-                                 idle_cores=(lambda: self.idle) if hint else None)
+                                 idle_cores=(lambda: self.idle) if hint else None,
+                                 other_cores=(lambda: self.others) if hint else None)
         self.history: list[int] = []  # the thread count of every step run
 
     def run(self, seconds: float, cost: Cost, n_tokens: int = 1) -> None:
@@ -58,6 +60,25 @@ def test_quiet_machine_keeps_every_thread() -> None:
     assert m.ctl.statistics().adaptations == 0
     assert m.history.count(2) / len(m.history) > 0.98  # the down probes cost a few steps only
     assert not m.logged
+
+
+def test_nothing_else_running_means_no_probe_down_at_all() -> None:
+    # Each probe down on a quiet machine ran three steps at about half speed: ~5% of 8-client throughput.
+    m = Machine(2)
+    m.others = 0.1  # the server and the clients reading the streams
+    m.run(60.0, quiet, n_tokens=8)
+    assert m.ctl.statistics().trials == 0
+    assert set(m.history) == {2}
+
+
+def test_a_neighbour_from_the_start_is_probed_for_once_it_shows() -> None:
+    m = Machine(2)
+    m.others = 0.1
+    slowish = lambda t: {1: 0.022, 2: 0.030}[t]  # noqa: E731  busy, yet never 2x its best: no slow run
+    m.run(5.0, slowish)
+    assert m.ctl.threads == 2
+    m.others = 1.0  # a process that keeps a core busy
+    m.time_to(1, slowish, limit_s=m.ctl.max_probe_interval_s + 1.0)
 
 
 def test_a_busy_neighbour_is_met_with_fewer_threads_and_left_with_all() -> None:
@@ -166,6 +187,24 @@ def test_idle_cores_from_proc_stat(tmp_path: Path) -> None:
     assert idle() == (os.cpu_count() or 1) * 800 / 1100
     assert idle() is None  # no time has passed
     assert IdleCores(str(tmp_path / "missing"))() is None
+
+
+def test_other_cores_from_proc_stat_less_our_own_time(tmp_path: Path) -> None:
+    stat = tmp_path / "stat"
+    tick = 1.0 / os.sysconf("SC_CLK_TCK")
+    stat.write_text("cpu  100 0 100 800 0 0 0 0 0 0\n")
+    clock, own = [10.0], [3.0]
+    others = OtherCores(str(stat), own=lambda: own[0], clock=lambda: clock[0])
+    # 2 s later: +300 busy ticks (+40 iowait, not busy), of which 1.5 s were our own
+    stat.write_text("cpu  350 10 140 1200 40 0 0 0 0 0\n")
+    clock[0], own[0] = 12.0, 4.5
+    assert abs(others() - (300 * tick - 1.5) / 2.0) < 1e-9  # type: ignore[operator]
+    clock[0] = 12.1
+    assert others() is None  # too little time to say
+    own[0] = 99.0  # more than the machine's busy time (clock skew): never below zero
+    clock[0] = 14.0
+    assert others() == 0.0
+    assert OtherCores(str(tmp_path / "missing"))() is None
 
 
 def test_a_neighbour_that_does_not_hurt_all_threads_is_found_by_a_blind_probe() -> None:
