@@ -283,6 +283,19 @@ def _ms(seconds: float) -> str:
     return f"{seconds * 1000:.1f} ms"
 
 
+def _cpu_ticks(path: str) -> tuple[int, int] | None:
+    """The machine's idle (idle + iowait) and total clock ticks so far, from /proc/stat's first line
+    (guest time is inside user time); None when the file cannot tell."""
+    try:
+        with open(path, "rb") as f:
+            values = [int(v) for v in f.readline().split()[1:9]]
+    except (OSError, ValueError):
+        return None
+    if len(values) < 5:
+        return None
+    return values[3] + values[4], sum(values)
+
+
 class IdleCores:
     """Calling it gives the machine's idle cores on average since the previous call (None when
     /proc/stat cannot tell, e.g. not on Linux, or too little time has passed to say)."""
@@ -293,14 +306,7 @@ class IdleCores:
         self._last = self._read()
 
     def _read(self) -> tuple[int, int] | None:
-        try:
-            with open(self._path, "rb") as f:
-                values = [int(v) for v in f.readline().split()[1:9]]
-        except (OSError, ValueError):
-            return None
-        if len(values) < 5:
-            return None
-        return values[3] + values[4], sum(values)  # idle + iowait, all (guest is inside user)
+        return _cpu_ticks(self._path)
 
     def __call__(self) -> float | None:
         now = self._read()
@@ -331,15 +337,11 @@ class OtherCores:
         self._last = self._read()
 
     def _read(self) -> tuple[float, float, float] | None:
-        try:
-            with open(self._path, "rb") as f:
-                values = [int(v) for v in f.readline().split()[1:9]]
-        except (OSError, ValueError):
+        ticks = _cpu_ticks(self._path)
+        if ticks is None:
             return None
-        if len(values) < 5:
-            return None
-        busy = (sum(values) - values[3] - values[4]) * self._tick  # all but idle and iowait
-        return self._clock(), busy, self._own()
+        idle, total = ticks
+        return self._clock(), (total - idle) * self._tick, self._own()
 
     def __call__(self) -> float | None:
         now = self._read()
