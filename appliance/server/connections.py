@@ -11,17 +11,21 @@ headers (slowloris) or its body, or open connections without end.  So each conne
 * waits for nothing while the server answers (a reply may stream for as long as it takes), and an
   idle keep-alive connection is closed by Hypercorn after its ``keep_alive_timeout``.
 
+Writes take a shorter way too (:meth:`BoundedTCPServer.protocol_send`): a streamed token is one
+small write, and Hypercorn's way of making it costs three trips through trio's scheduler.
+
 :func:`install` puts :class:`BoundedTCPServer` in place of Hypercorn's TCP server for the Trio worker.
 """
 
 from __future__ import annotations
 
 import math
+import os
 from typing import Any
 
 import h11
 import trio
-from hypercorn.events import Closed, RawData
+from hypercorn.events import Closed, Event, RawData
 from hypercorn.trio import run as hypercorn_run
 from hypercorn.trio.tcp_server import MAX_RECV, TCPServer
 
@@ -54,6 +58,33 @@ class BoundedTCPServer(TCPServer):
             except (trio.BrokenResourceError, trio.ClosedResourceError):
                 pass
         await self.stream.aclose()
+
+    async def protocol_send(self, event: Event) -> None:
+        """Hypercorn's, but bytes go straight to the socket while no other write is under way.
+
+        Hypercorn takes a lock, opens a shielded cancel scope and lets trio checkpoint for every write,
+        three trips through trio's scheduler for each streamed token; that was a tenth of the server's
+        CPU per token with 8 clients streaming.  When the lock is free and the kernel takes the whole
+        chunk (a socket buffer holds many tokens), one non-blocking write does the same.  Anything
+        else goes Hypercorn's way: a full buffer, a closed connection (it reports ``Closed``), a write
+        already waiting.  The rest of a chunk the kernel took in part follows at once, shielded as
+        Hypercorn shields its writes, so a cancel can never leave half a chunk on the wire; nothing
+        checkpoints between the two, so no other write can come between them.
+        """
+        plain = isinstance(self.stream, trio.SocketStream)  # not TLS
+        if type(event) is RawData and plain and not self.send_lock.locked():
+            data = event.data
+            try:
+                sent = os.write(self.stream.socket.fileno(), data)
+            except OSError:  # full (BlockingIOError), reset, or closed (fd -1): Hypercorn's way says which
+                sent = 0
+            if sent == len(data):
+                return
+            if sent:
+                with trio.CancelScope(shield=True):
+                    await super().protocol_send(RawData(data=data[sent:]))
+                return
+        await super().protocol_send(event)
 
     def _their_state(self) -> Any:
         connection = getattr(getattr(self.protocol, "protocol", None), "connection", None)
