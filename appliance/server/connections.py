@@ -63,8 +63,8 @@ class BoundedTCPServer(TCPServer):
         """Hypercorn's, but bytes go straight to the socket while no other write is under way.
 
         Hypercorn takes a lock, opens a shielded cancel scope and lets trio checkpoint for every write,
-        three trips through trio's scheduler for each streamed token; that was a tenth of the server's
-        CPU per token with 8 clients streaming.  When the lock is free and the kernel takes the whole
+        three trips through trio's scheduler for each streamed token.  Going around them took the
+        server's CPU per streamed token from 254 to 207 µs with 8 clients streaming (bench/RESULTS.md).  When the lock is free and the kernel takes the whole
         chunk (a socket buffer holds many tokens), one non-blocking write does the same.  Anything
         else goes Hypercorn's way: a full buffer, a closed connection (it reports ``Closed``), a write
         already waiting.  The rest of a chunk the kernel took in part follows at once, shielded as
