@@ -64,12 +64,13 @@ class BoundedTCPServer(TCPServer):
 
         Hypercorn takes a lock, opens a shielded cancel scope and lets trio checkpoint for every write,
         three trips through trio's scheduler for each streamed token.  Going around them took the
-        server's CPU per streamed token from 254 to 207 µs with 8 clients streaming (bench/RESULTS.md).  When the lock is free and the kernel takes the whole
-        chunk (a socket buffer holds many tokens), one non-blocking write does the same.  Anything
-        else goes Hypercorn's way: a full buffer, a closed connection (it reports ``Closed``), a write
-        already waiting.  The rest of a chunk the kernel took in part follows at once, shielded as
-        Hypercorn shields its writes, so a cancel can never leave half a chunk on the wire; nothing
-        checkpoints between the two, so no other write can come between them.
+        server's CPU per streamed token from 254 to 207 µs with 8 clients streaming (bench/RESULTS.md).
+        When the lock is free and the kernel takes the whole chunk (a socket buffer holds many tokens),
+        one non-blocking write does the same.  Anything else goes Hypercorn's way: a full buffer, a
+        closed connection (it reports ``Closed``), a write already waiting.  The rest of a chunk the
+        kernel took in part follows at once, shielded as Hypercorn shields its writes, so a cancel can
+        never leave half a chunk on the wire; nothing checkpoints between the two, so no other write
+        can come between them.
         """
         plain = isinstance(self.stream, trio.SocketStream)  # not TLS
         if type(event) is RawData and plain and not self.send_lock.locked():
