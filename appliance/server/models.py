@@ -262,8 +262,6 @@ def _write_all(writer: BlobWriter, chunks: list[bytes]) -> None:
         writer.write(chunk)
 
 
-
-
 @bp.post("/api/create")
 async def create() -> Any:
     body = await read_json()
